@@ -1,0 +1,1 @@
+"""sipswarm.agent package."""

@@ -1,0 +1,1 @@
+"""sipswarm.engine package."""

@@ -1,0 +1,1 @@
+"""sipswarm.metrics package."""
