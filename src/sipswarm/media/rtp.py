@@ -1,0 +1,200 @@
+"""RTP fixed header (RFC 3550 §5.1): written in place on send, read without copying on receive.
+
+Theory of operation
+-------------------
+Sending: one :class:`RtpPacketWriter` per stream owns a preallocated
+``bytearray`` (header + largest payload). :meth:`RtpPacketWriter.write` packs
+the 12-byte header with ``struct.pack_into`` and copies the payload slice
+behind it, then returns a ``memoryview`` of exactly the packet. Nothing is
+allocated per packet except that view; the caller must hand the view to the
+socket before the next ``write`` (the transport copies it when it has to queue).
+
+Receiving: :func:`parse_rtp_header` reads the fixed header with
+``struct.unpack_from`` and returns a plain tuple, or ``None`` for anything that
+is not a valid RTP packet (wrong version, too short, CSRC list or header
+extension or padding running past the end). It never raises: network input is
+untrusted (STYLE.md rule 11). CSRCs and the header extension (§5.3.1) are
+skipped; the payload offset and length are returned so that the caller can
+slice the payload only if it needs it.
+
+Demultiplexing RTP from RTCP on one port (rtcp-mux, RFC 5761 §4) is done by
+the caller with ``media.rtcp.is_rtcp`` before calling :func:`parse_rtp_header`.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final, NamedTuple
+
+RTP_VERSION: Final = 2
+RTP_HEADER_SIZE: Final = 12
+#: Largest datagram accepted or built; a UDP payload on a 1500-byte Ethernet MTU.
+MAX_RTP_PACKET: Final = 1472
+SEQ_MOD: Final = 1 << 16
+TS_MOD: Final = 1 << 32
+
+_HEADER = struct.Struct("!BBHII")
+_EXT_HEADER = struct.Struct("!HH")
+_pack_into = _HEADER.pack_into
+_unpack_from = _HEADER.unpack_from
+
+
+class RtpHeader(NamedTuple):
+    """The fields of a received RTP packet the receive path needs (RFC 3550 §5.1).
+
+    ``payload_offset``/``payload_length`` locate the payload after CSRCs, the
+    header extension and before any padding.
+    """
+
+    payload_type: int
+    marker: bool
+    sequence: int
+    timestamp: int
+    ssrc: int
+    payload_offset: int
+    payload_length: int
+
+
+def parse_rtp_header(data: bytes | bytearray | memoryview) -> RtpHeader | None:
+    """Parse the RTP header of ``data``; ``None`` if it is not a valid RTP packet.
+
+    Validity (RFC 3550 A.1, header checks): version 2, at least 12 bytes, the
+    CSRC list, extension and padding fit in the datagram. Payload type 72-76
+    (RTCP packet types 200-204 with the marker bit) is rejected so that a
+    stray RTCP packet is not counted as media (RFC 5761 §4).
+    """
+    size = len(data)
+    if size < RTP_HEADER_SIZE or size > MAX_RTP_PACKET:
+        return None
+    b0, b1, seq, ts, ssrc = _unpack_from(data)
+    if b0 >> 6 != RTP_VERSION:
+        return None
+    pt = b1 & 0x7F
+    if 72 <= pt <= 76:
+        return None
+    offset = RTP_HEADER_SIZE + (b0 & 0x0F) * 4
+    if b0 & 0x10:  # X bit: header extension (§5.3.1), 4-byte header + length words
+        if offset + 4 > size:
+            return None
+        _profile, words = _EXT_HEADER.unpack_from(data, offset)
+        offset += 4 + words * 4
+    end = size
+    if b0 & 0x20:  # P bit: last octet counts the padding octets, itself included
+        pad = data[size - 1]
+        if pad == 0:
+            return None
+        end -= pad
+    if offset > end:
+        return None
+    return RtpHeader(pt, bool(b1 & 0x80), seq, ts, ssrc, offset, end - offset)
+
+
+def build_rtp(
+    payload_type: int,
+    sequence: int,
+    timestamp: int,
+    ssrc: int,
+    payload: bytes,
+    *,
+    marker: bool = False,
+) -> bytes:
+    """Build one RTP packet with no CSRCs and no extension (tests, one-off packets).
+
+    The hot path uses :class:`RtpPacketWriter` instead.
+    """
+    buf = bytearray(RTP_HEADER_SIZE + len(payload))
+    _pack_into(
+        buf,
+        0,
+        0x80,
+        (0x80 if marker else 0) | (payload_type & 0x7F),
+        sequence % SEQ_MOD,
+        timestamp % TS_MOD,
+        ssrc,
+    )
+    buf[RTP_HEADER_SIZE:] = payload
+    return bytes(buf)
+
+
+class RtpPacketWriter:
+    """Builds the packets of one outgoing RTP stream in a single preallocated buffer.
+
+    Create it with the SSRC, payload type and random initial sequence number
+    and timestamp (RFC 3550 §5.1: both SHOULD be random; the caller draws
+    them, this module has no randomness). Then call :meth:`write` once per
+    frame; it advances the sequence number by one and the timestamp by
+    ``timestamp_step`` after building the packet. Call :meth:`mark_next` to set
+    the marker bit on the next packet (first packet of a talkspurt, §5.1 and
+    RFC 3551 §4.1).
+    """
+
+    __slots__ = (
+        "_b1",
+        "_buffer",
+        "_marker_next",
+        "_view",
+        "sequence",
+        "ssrc",
+        "timestamp",
+        "timestamp_step",
+    )
+
+    def __init__(
+        self,
+        *,
+        ssrc: int,
+        payload_type: int,
+        sequence: int,
+        timestamp: int,
+        timestamp_step: int,
+        max_payload: int = MAX_RTP_PACKET - RTP_HEADER_SIZE,
+    ) -> None:
+        if not 0 <= payload_type <= 127:
+            raise ValueError(f"payload_type must be 0-127, got {payload_type}")
+        self._buffer = bytearray(RTP_HEADER_SIZE + max_payload)
+        self._view = memoryview(self._buffer)
+        self._b1 = payload_type
+        self.ssrc = ssrc & 0xFFFFFFFF
+        self.sequence = sequence % SEQ_MOD
+        self.timestamp = timestamp % TS_MOD
+        self.timestamp_step = timestamp_step
+        self._marker_next = True  # the first packet of a stream starts a talkspurt
+
+    @property
+    def payload_type(self) -> int:
+        """The payload type written in every packet."""
+        return self._b1
+
+    def set_payload_type(self, payload_type: int) -> None:
+        """Switch the payload type (after a re-INVITE changed the codec)."""
+        self._b1 = payload_type & 0x7F
+
+    def mark_next(self) -> None:
+        """Set the marker bit on the next packet only."""
+        self._marker_next = True
+
+    def write(self, payload: bytes) -> memoryview:
+        """Build the next packet around ``payload``; return a view valid until the next call."""
+        n = len(payload)
+        seq = self.sequence
+        ts = self.timestamp
+        if self._marker_next:
+            self._marker_next = False
+            b1 = self._b1 | 0x80
+        else:
+            b1 = self._b1
+        buf = self._buffer
+        _pack_into(buf, 0, 0x80, b1, seq, ts, self.ssrc)
+        end = RTP_HEADER_SIZE + n
+        buf[RTP_HEADER_SIZE:end] = payload
+        self.sequence = (seq + 1) & 0xFFFF
+        self.timestamp = (ts + self.timestamp_step) & 0xFFFFFFFF
+        return self._view[:end]
+
+    def advance_timestamp(self, frames: int) -> None:
+        """Advance the timestamp by ``frames`` frames without sending (silence suppression).
+
+        RFC 3550 §5.1: the sequence number counts packets sent, the timestamp
+        counts sampling time, so a gap in sending moves only the timestamp.
+        """
+        self.timestamp = (self.timestamp + frames * self.timestamp_step) & 0xFFFFFFFF
