@@ -191,6 +191,16 @@ class RtpPacketWriter:
         self.timestamp = (ts + self.timestamp_step) & 0xFFFFFFFF
         return self._view[:end]
 
+    def detach(self) -> None:
+        """Write future packets into a fresh buffer (the transport still holds the old one).
+
+        An event loop that cannot send at once may keep a reference to the
+        buffer instead of a copy (uvloop does); the next ``write`` must not
+        overwrite a packet still waiting in its queue.
+        """
+        self._buffer = bytearray(len(self._buffer))
+        self._view = memoryview(self._buffer)
+
     def advance_timestamp(self, frames: int) -> None:
         """Advance the timestamp by ``frames`` frames without sending (silence suppression).
 

@@ -1,0 +1,253 @@
+"""One paced media clock per process: every RTP stream is sent from here, spread over the ptime.
+
+Theory of operation
+-------------------
+A timer per stream costs a heap operation per packet and fires every stream
+of a call burst at the same instant; one timer for all streams at the ptime
+sends them all in one burst that grows with N (lateness p99 grows with N,
+see ARCHITECTURE.md "Where the time goes"). So the clock ticks every
+``tick`` seconds (1 ms) and keeps, for each ptime in use, a wheel of
+``ptime / tick`` slots. A stream joins the least loaded slot of its wheel and
+is called once per ptime, when its slot comes round: 1000 streams at 20 ms
+are 50 sends per 1 ms tick instead of 1000 every 20 ms.
+
+The schedule is absolute: tick ``n`` is due at ``t0 + n * tick`` on
+``time.monotonic()``. The timer is re-armed for the next due tick after each
+run, so timer drift does not accumulate. Every send is measured against its
+scheduled time (*send lateness*) and every timer wake-up against its deadline
+(*loop lag*, the event loop's own delay); both go into fixed-bucket
+histograms that :meth:`MediaClock.take_stats` reads and resets.
+
+uvloop rounds timer delays to whole milliseconds, so a timer may fire up to
+0.5 ms early; a tick is run when it is due within ``early`` (half a tick) to
+avoid spinning, which is why lateness can be slightly negative (it is
+recorded as 0). When the loop falls more than ``max_catchup`` behind (CPU
+saturated), missed ticks are skipped rather than sent in a burst, and counted
+in ``skipped_ticks``: the receiver then sees the gap as jitter, which is the
+truth about an overloaded generator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Final
+
+from sipswarm.errors import ConfigError
+
+#: Histogram resolution and span: 50 µs buckets up to 100 ms, the last bucket holds the rest.
+BUCKET_S: Final = 50e-6
+BUCKETS: Final = 2000
+
+#: A stream's per-ptime callback; gets the scheduled send time (monotonic seconds).
+SendCallback = Callable[[float], None]
+
+
+class LatencyHistogram:
+    """Fixed 50 µs buckets; O(1) record, percentiles by a cumulative walk."""
+
+    __slots__ = ("count", "counts", "max")
+
+    def __init__(self) -> None:
+        self.counts = [0] * BUCKETS
+        self.count = 0
+        self.max = 0.0
+
+    def record(self, seconds: float) -> None:
+        """Add one sample (negative samples count as 0)."""
+        i = int(seconds * (1.0 / BUCKET_S))
+        if i < 0:
+            i = 0
+        elif i >= BUCKETS:
+            i = BUCKETS - 1
+        self.counts[i] += 1
+        self.count += 1
+        if seconds > self.max:
+            self.max = seconds
+
+    def percentile(self, p: float) -> float | None:
+        """Upper edge of the bucket holding the ``p``-th percentile, in seconds; None if empty."""
+        if self.count == 0:
+            return None
+        rank = p / 100.0 * self.count
+        seen = 0
+        for i, c in enumerate(self.counts):
+            seen += c
+            if seen >= rank and c:
+                return (i + 1) * BUCKET_S
+        return BUCKETS * BUCKET_S
+
+    def merge(self, other: LatencyHistogram) -> None:
+        """Add ``other``'s samples to this one."""
+        self.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
+        self.count += other.count
+        self.max = max(self.max, other.max)
+
+
+class _Wheel:
+    """The slots of one period: slot ``k`` holds the callbacks run at ticks n with n % size == k."""
+
+    __slots__ = ("size", "slots")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.slots: list[list[SendCallback]] = [[] for _ in range(size)]
+
+    def add(self, cb: SendCallback) -> int:
+        slot = min(range(self.size), key=lambda k: len(self.slots[k]))
+        self.slots[slot].append(cb)
+        return slot
+
+
+class MediaClock:
+    """The process's single media clock; streams :meth:`add` a callback, :meth:`remove` it.
+
+    Create one per event loop, :meth:`start` it, and every RTP session adds
+    its send callback with its ptime. Read :meth:`take_stats` once per
+    metrics interval; :meth:`stop` when the engine shuts down.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        tick: float = 0.001,
+        max_catchup: float = 0.1,
+    ) -> None:
+        if not 0.0001 <= tick <= 0.02:
+            raise ConfigError(f"media clock tick must be 0.1-20 ms, got {tick * 1000:g} ms")
+        self._loop = loop
+        self.tick = tick
+        self.early = tick / 2
+        self.max_catchup = max_catchup
+        self._wheels: dict[int, _Wheel] = {}
+        self._where: dict[SendCallback, tuple[int, int]] = {}
+        self._chores: dict[int, _Wheel] = {}
+        self._chore_where: dict[SendCallback, tuple[int, int]] = {}
+        self._t0 = 0.0
+        self._n = 0
+        self._deadline = 0.0
+        self._handle: asyncio.TimerHandle | asyncio.Handle | None = None
+        self.lateness = LatencyHistogram()
+        self.loop_lag = LatencyHistogram()
+        self.skipped_ticks = 0
+        self.sends = 0
+
+    @property
+    def streams(self) -> int:
+        """Number of streams on the clock."""
+        return len(self._where)
+
+    def add(self, cb: SendCallback, ptime_ms: int) -> None:
+        """Call ``cb(scheduled_time)`` once every ``ptime_ms``, in the least loaded slot."""
+        self._place(self._wheels, self._where, cb, ptime_ms)
+
+    def remove(self, cb: SendCallback) -> None:
+        """Stop calling ``cb``; unknown callbacks are ignored (idempotent)."""
+        self._unplace(self._wheels, self._where, cb)
+
+    def add_chore(self, cb: SendCallback, period_ms: int) -> None:
+        """Like :meth:`add` for periodic housekeeping (not counted as sends, not measured).
+
+        Chores of the same period are spread over its slots, so that per-second
+        work for thousands of sessions never runs in one burst.
+        """
+        self._place(self._chores, self._chore_where, cb, period_ms)
+
+    def remove_chore(self, cb: SendCallback) -> None:
+        """Stop a chore; unknown callbacks are ignored."""
+        self._unplace(self._chores, self._chore_where, cb)
+
+    def _place(
+        self,
+        wheels: dict[int, _Wheel],
+        where: dict[SendCallback, tuple[int, int]],
+        cb: SendCallback,
+        period_ms: int,
+    ) -> None:
+        ticks = round(period_ms / 1000 / self.tick)
+        if ticks < 1 or abs(ticks * self.tick - period_ms / 1000) > 1e-9:
+            raise ConfigError(
+                f"ptime {period_ms} ms is not a multiple of the media clock tick "
+                f"({self.tick * 1000:g} ms)"
+            )
+        if cb in where:
+            return
+        wheel = wheels.get(ticks)
+        if wheel is None:
+            wheel = wheels[ticks] = _Wheel(ticks)
+        where[cb] = (ticks, wheel.add(cb))
+
+    @staticmethod
+    def _unplace(
+        wheels: dict[int, _Wheel], where: dict[SendCallback, tuple[int, int]], cb: SendCallback
+    ) -> None:
+        place = where.pop(cb, None)
+        if place is not None:
+            wheels[place[0]].slots[place[1]].remove(cb)
+
+    def start(self) -> None:
+        """Start ticking; the first tick is due one tick from now."""
+        if self._handle is not None:
+            return
+        self._t0 = time.monotonic()
+        self._n = 1
+        self._arm(time.monotonic())
+
+    def stop(self) -> None:
+        """Stop ticking; streams stay registered (start again to resume)."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def take_stats(self) -> tuple[LatencyHistogram, LatencyHistogram, int]:
+        """Return (send lateness, loop lag, skipped ticks) since the last call, and reset them."""
+        out = (self.lateness, self.loop_lag, self.skipped_ticks)
+        self.lateness = LatencyHistogram()
+        self.loop_lag = LatencyHistogram()
+        self.skipped_ticks = 0
+        return out
+
+    def _arm(self, now: float) -> None:
+        self._deadline = self._t0 + self._n * self.tick
+        self._handle = self._loop.call_later(max(0.0, self._deadline - now), self._on_timer)
+
+    def _on_timer(self) -> None:
+        now = time.monotonic()
+        self.loop_lag.record(now - self._deadline)
+        due = self._t0 + self._n * self.tick
+        if now - due > self.max_catchup:
+            behind = int((now - due) / self.tick)
+            self.skipped_ticks += behind
+            self._n += behind
+            due = self._t0 + self._n * self.tick
+        while due <= now + self.early:
+            self._run_tick(self._n, due)
+            self._n += 1
+            due += self.tick
+            now = time.monotonic()
+        self._arm(now)
+
+    def _run_tick(self, n: int, due: float) -> None:
+        """Send every stream whose slot is ``n``; measure each send against ``due``."""
+        lat = self.lateness
+        counts = lat.counts
+        monotonic = time.monotonic
+        scale = 1.0 / BUCKET_S
+        top = BUCKETS - 1
+        sent = 0
+        for wheel in self._wheels.values():
+            for cb in tuple(wheel.slots[n % wheel.size]):  # a callback may remove itself
+                late = monotonic() - due
+                i = int(late * scale)
+                counts[0 if i < 0 else (i if i < top else top)] += 1
+                if late > lat.max:
+                    lat.max = late
+                cb(due)
+                sent += 1
+        lat.count += sent
+        self.sends += sent
+        for wheel in self._chores.values():
+            for cb in tuple(wheel.slots[n % wheel.size]):
+                cb(due)

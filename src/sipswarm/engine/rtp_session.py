@@ -1,0 +1,482 @@
+"""One call leg's media: an RTP socket (plus RTCP unless muxed) fed by the media clock.
+
+Theory of operation
+-------------------
+:class:`RtpSession` is created by :meth:`MediaEngine.open_session
+<sipswarm.engine.media_engine.MediaEngine.open_session>` with its ports
+already bound, so the SDP offer can name them. :meth:`RtpSession.start`
+(after the answer) sets the remote addresses and joins the process's single
+:class:`~sipswarm.engine.media_clock.MediaClock`, which calls
+``_send_frame`` once per ptime in the session's slot: the next encoded frame
+of the source is written into the stream's preallocated packet buffer
+(:class:`~sipswarm.media.rtp.RtpPacketWriter`) and handed to the socket.
+Received datagrams go straight into
+:class:`~sipswarm.media.stats.RtpReceiveStats` with a monotonic arrival time.
+
+RTCP (RFC 3550 §6): an SR when we sent RTP since the last report, else an RR,
+each with one report block about the peer's stream and our CNAME, at the
+randomised A.7 interval. RTT comes from the LSR/DLSR of the peer's report
+block about our stream (§6.4.1); the peer's loss and jitter become the
+``remote`` figures. With rtcp-mux (RFC 5761) RTCP shares the RTP socket and
+is told apart by :func:`~sipswarm.media.rtcp.is_rtcp`. :meth:`RtpSession.stop`
+sends a BYE (§6.6) and returns the ports.
+
+Once per second (a chore on the media clock, spread over the second) the
+session closes its metrics interval and rates the call with the E-model. The
+one-way delay fed to it is ``RTT/2 + ptime + jitter buffer``, where the jitter
+buffer is estimated as ``max(ptime, 2 * jitter)``, an adaptive buffer sized to
+absorb twice the measured interarrival jitter; the loss is that of the last
+second.
+
+Symmetric RTP: by default we send to the address in the peer's SDP and do not
+latch. ``start(..., latch=True)`` switches the destination once to the source
+address of the first valid RTP packet from elsewhere (RFC 4961 symmetric RTP,
+for peers behind NAT); it is off by default because a load generator must
+not be steered by whoever can reach its ports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import random
+import time
+from typing import Any, Final, Protocol
+
+from sipswarm.engine.media_clock import MediaClock
+from sipswarm.engine.ports import PortAllocation, set_dscp
+from sipswarm.errors import ConfigError, InvalidState
+from sipswarm.media.emodel import impairment_for, mos_from_r, r_factor
+from sipswarm.media.rtcp import (
+    ReportBlock,
+    SenderInfo,
+    build_bye,
+    build_receiver_report,
+    build_sender_report,
+    is_rtcp,
+    ntp_from_unix,
+    ntp_middle32,
+    parse_rtcp,
+    rtcp_interval,
+    rtt_seconds,
+)
+from sipswarm.media.rtp import RtpPacketWriter
+from sipswarm.media.stats import (
+    Quality,
+    RemoteReport,
+    RtpReceiveStats,
+    RtpSendStats,
+    metrics_snapshot,
+)
+
+Address = tuple[str, int]
+
+#: RTCP bandwidth share (RFC 3550 §6.2); the session bandwidth is estimated as one payload
+#: octet per timestamp unit (exact for G.711) plus RTP/UDP/IP headers.
+RTCP_BW_FRACTION: Final = 0.05
+IP_UDP_OVERHEAD: Final = 28
+
+
+class MediaCodec(Protocol):
+    """What the session needs of a negotiated codec (``media.codecs.Codec`` satisfies it)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def payload_type(self) -> int: ...
+
+    @property
+    def rtp_clock_rate(self) -> int: ...
+
+
+class FrameSource(Protocol):
+    """Encoded frames, one per ptime (``media.sources.EncodedSource`` satisfies it)."""
+
+    def frame(self, index: int) -> bytes: ...
+
+
+class SessionState(enum.Enum):
+    """Life of a session: ports bound (OPEN), media flowing (STARTED), ports returned."""
+
+    OPEN = "open"
+    STARTED = "started"
+    STOPPED = "stopped"
+
+
+#: (state, action) -> next state; anything missing raises InvalidState (STYLE.md rule 8).
+TRANSITIONS: Final = {
+    (SessionState.OPEN, "start"): SessionState.STARTED,
+    (SessionState.STARTED, "start"): SessionState.STARTED,  # re-INVITE: new remote or codec
+    (SessionState.OPEN, "stop"): SessionState.STOPPED,
+    (SessionState.STARTED, "stop"): SessionState.STOPPED,
+    (SessionState.STOPPED, "stop"): SessionState.STOPPED,
+}
+
+
+class _RtpProtocol(asyncio.DatagramProtocol):
+    """Thin adapter: every datagram of the RTP socket goes to the session."""
+
+    def __init__(self, session: RtpSession) -> None:
+        self._session = session
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        self._session._on_rtp(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        self._session.socket_errors += 1
+
+
+class _RtcpProtocol(_RtpProtocol):
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        self._session._on_rtcp(data)
+
+
+class RtpSession:
+    """The media of one call leg. Build through ``MediaEngine.open_session``.
+
+    Then: read :attr:`local_port` for the SDP, :meth:`start` when the answer
+    is known, :meth:`snapshot` once per metrics interval, :meth:`stop` when
+    the call ends. :attr:`first_rtp_ts` is the wall-clock time (epoch ms) of
+    the first RTP packet received, for the ``call`` item's ``ttfm_ms``.
+    """
+
+    def __init__(
+        self,
+        *,
+        loop: asyncio.AbstractEventLoop,
+        clock: MediaClock,
+        alloc: PortAllocation,
+        codec: MediaCodec,
+        ptime_ms: int,
+        source: FrameSource,
+        ssrc: int,
+        cname: str,
+        rand: random.Random,
+    ) -> None:
+        self._loop = loop
+        self._clock = clock
+        self._alloc = alloc
+        self.codec = codec
+        self.ptime_ms = ptime_ms
+        self._frame = source.frame
+        self.ssrc = ssrc
+        self.cname = cname
+        self._rand = rand
+        self.state = SessionState.OPEN
+        rate = codec.rtp_clock_rate
+        self._step = ptime_ms * rate // 1000
+        self._writer = RtpPacketWriter(
+            ssrc=ssrc,
+            payload_type=codec.payload_type,
+            sequence=rand.getrandbits(16),  # RFC 3550 §5.1: random initial values
+            timestamp=rand.getrandbits(32),
+            timestamp_step=self._step,
+        )
+        self.send_stats = RtpSendStats()
+        self.recv_stats = RtpReceiveStats(rate)
+        self.quality = Quality()
+        self.remote = RemoteReport()
+        self.socket_errors = 0
+        self.rtcp_received = 0
+        self.rtcp_invalid = 0
+        self.remote_bye = False
+        self._frame_index = 0
+        self._last_due = 0.0
+        self._sending = False
+        self._paused_at: float | None = None
+        self._rtp: asyncio.DatagramTransport | None = None
+        self._rtcp: asyncio.DatagramTransport | None = None
+        self._remote_rtp: Address | None = None
+        self._remote_rtcp: Address | None = None
+        self._mux = False
+        self._latch = False
+        self._lsr = 0
+        self._lsr_at = 0.0
+        self._rtcp_handle: asyncio.TimerHandle | None = None
+        self._packets_at_report = 0
+        self._avg_rtcp_size = 128.0
+        # RFC 3550 §6.2: RTCP gets 5 % of the session bandwidth (RTP packets with IP/UDP)
+        pkt_bits = (self._step + 12 + IP_UDP_OVERHEAD) * 8
+        self._rtcp_bw = pkt_bits * (1000 / ptime_ms) * RTCP_BW_FRACTION
+        self._wall_offset = time.time() - time.monotonic()
+        try:
+            impairment_for(codec.name)
+            self._rated = True
+        except ConfigError:
+            self._rated = False  # no E-model values for this codec: r_factor/mos stay null
+
+    # -- set-up ----------------------------------------------------------------------------
+
+    async def open_transports(self, dscp: int | None) -> None:
+        """Wrap the bound sockets in asyncio transports (called by the engine)."""
+        if dscp is not None:
+            set_dscp(self._alloc.rtp_sock, dscp)
+            if self._alloc.rtcp_sock is not None:
+                set_dscp(self._alloc.rtcp_sock, dscp)
+        loop = self._loop
+        rtcp_sock = self._alloc.rtcp_sock
+        try:
+            self._rtp, _ = await loop.create_datagram_endpoint(
+                lambda: _RtpProtocol(self), sock=self._alloc.rtp_sock
+            )
+            if rtcp_sock is not None:
+                self._rtcp, _ = await loop.create_datagram_endpoint(
+                    lambda: _RtcpProtocol(self), sock=rtcp_sock
+                )
+        except BaseException:
+            # close what a transport owns through it, the rest directly
+            if self._rtp is None:
+                self._alloc.rtp_sock.close()
+            else:
+                self._rtp.close()
+            if rtcp_sock is not None and self._rtcp is None:
+                rtcp_sock.close()
+            self._rtp = None
+            self._transition("stop")
+            raise
+
+    @property
+    def local_port(self) -> int:
+        """The RTP port for the SDP m= line."""
+        return self._alloc.port
+
+    @property
+    def local_rtcp_port(self) -> int:
+        """The RTCP port (RTP port + 1; the RTP port itself once rtcp-mux is on)."""
+        return self._alloc.port if self._mux else self._alloc.rtcp_port
+
+    @property
+    def first_rtp_ts(self) -> int | None:
+        """Epoch milliseconds of the first RTP packet received, None before it."""
+        first = self.recv_stats.first_arrival
+        return None if first is None else round((first + self._wall_offset) * 1000)
+
+    def _transition(self, action: str) -> None:
+        nxt = TRANSITIONS.get((self.state, action))
+        if nxt is None:
+            raise InvalidState(f"RtpSession cannot {action} in state {self.state.value}")
+        self.state = nxt
+
+    def start(
+        self,
+        remote_addr: Address,
+        remote_rtcp_addr: Address | None,
+        payload_type: int | None = None,
+        *,
+        rtcp_mux: bool = False,
+        send: bool = True,
+        latch: bool = False,
+    ) -> None:
+        """Send to ``remote_addr`` (RTCP to ``remote_rtcp_addr``, default port + 1) and receive.
+
+        ``payload_type`` is the one the answer chose (defaults to the codec's);
+        ``rtcp_mux`` when both sides agreed on a=rtcp-mux; ``send=False`` for
+        recvonly/inactive (hold). Calling it again (re-INVITE) updates all of it.
+        """
+        self._transition("start")
+        if payload_type is not None:
+            self._writer.set_payload_type(payload_type)
+        self._remote_rtp = remote_addr
+        self._mux = rtcp_mux
+        if rtcp_mux:
+            self._remote_rtcp = remote_addr
+            if self._rtcp is not None:
+                self._rtcp.close()  # the port pair stays reserved in the pool
+                self._rtcp = None
+        else:
+            self._remote_rtcp = remote_rtcp_addr or (remote_addr[0], remote_addr[1] + 1)
+        self._latch = latch
+        self.set_sending(send)
+        if self._rtcp_handle is None:
+            self._schedule_rtcp(initial=True)
+
+    def set_sending(self, send: bool) -> None:
+        """Start or pause sending RTP (hold) without touching reception or RTCP."""
+        if send == self._sending:
+            return
+        self._sending = send
+        if send:
+            if self._paused_at is not None:
+                # the timestamp keeps counting sampling time through the pause (§5.1)
+                frames = int((time.monotonic() - self._paused_at) * 1000 / self.ptime_ms)
+                self._writer.advance_timestamp(frames)
+                self._writer.mark_next()
+                self._paused_at = None
+            self._clock.add(self._send_frame, self.ptime_ms)
+        else:
+            self._clock.remove(self._send_frame)
+            self._paused_at = time.monotonic()
+
+    # -- hot path --------------------------------------------------------------------------
+
+    def _send_frame(self, due: float) -> None:
+        """Media clock callback: send the next frame, scheduled for ``due``."""
+        payload = self._frame(self._frame_index)
+        self._frame_index += 1
+        writer = self._writer
+        packet = writer.write(payload)
+        transport = self._rtp
+        if transport is None:
+            return
+        transport.sendto(packet, self._remote_rtp)
+        if transport.get_write_buffer_size():  # type: ignore[attr-defined]
+            writer.detach()  # the transport queued a reference to our buffer
+        stats = self.send_stats
+        stats.packets_sent += 1
+        stats.bytes_sent += len(packet)
+        stats.octets_sent += len(payload)
+        self._last_due = due
+
+    def _on_rtp(self, data: bytes, addr: Address) -> None:
+        if self._mux and is_rtcp(data):
+            self._on_rtcp(data)
+            return
+        hdr = self.recv_stats.receive_rtp(data, time.monotonic())
+        if hdr is not None and self._latch and addr != self._remote_rtp:
+            self._remote_rtp = addr  # RFC 4961 symmetric RTP, once
+            self._latch = False
+
+    # -- RTCP ------------------------------------------------------------------------------
+
+    def _on_rtcp(self, data: bytes) -> None:
+        report = parse_rtcp(data)
+        if report is None:
+            self.rtcp_invalid += 1
+            return
+        self.rtcp_received += 1
+        self._avg_rtcp_size += (len(data) + IP_UDP_OVERHEAD - self._avg_rtcp_size) / 16
+        if report.sender_info is not None:
+            self._lsr = ntp_middle32(report.sender_info.ntp_ts)
+            self._lsr_at = time.monotonic()
+        for block in report.blocks:
+            if block.ssrc == self.ssrc:
+                self._apply_remote_block(block)
+        if report.bye:
+            self.remote_bye = True
+
+    def _apply_remote_block(self, block: ReportBlock) -> None:
+        """The peer's view of our stream (§6.4.1) and the RTT from its LSR/DLSR."""
+        rtt = rtt_seconds(ntp_middle32(ntp_from_unix(time.time())), block.lsr, block.dlsr)
+        remote = self.remote
+        remote.reports_received += 1
+        remote.fraction_lost = block.fraction_lost / 256
+        remote.packets_lost = block.cumulative_lost
+        remote.jitter_ms = block.jitter * 1000 / self.codec.rtp_clock_rate
+        if rtt is not None:
+            remote.rtt_ms = rtt * 1000
+            self.quality.rtt_ms = rtt * 1000
+
+    def _report_blocks(self) -> list[ReportBlock]:
+        figures = self.recv_stats.report_block()
+        ssrc = self.recv_stats.ssrc
+        if figures is None or ssrc is None:
+            return []
+        fraction, lost, highest, jitter = figures
+        dlsr = int((time.monotonic() - self._lsr_at) * 65536) if self._lsr else 0
+        return [
+            ReportBlock(
+                ssrc=ssrc,
+                fraction_lost=fraction,
+                cumulative_lost=min(lost, 0x7FFFFF),
+                highest_seq=highest & 0xFFFFFFFF,
+                jitter=jitter & 0xFFFFFFFF,
+                lsr=self._lsr,
+                dlsr=dlsr & 0xFFFFFFFF,
+            )
+        ]
+
+    def _build_report(self) -> bytes:
+        """An SR if we sent RTP since the last report (§6.4), else an RR."""
+        stats = self.send_stats
+        blocks = self._report_blocks()
+        if stats.packets_sent > self._packets_at_report:
+            self._packets_at_report = stats.packets_sent
+            now = time.monotonic()
+            # RTP timestamp of this instant: the last frame's plus the time since it was due
+            last_ts = self._writer.timestamp - self._step
+            rtp_ts = last_ts + int((now - self._last_due) * self.codec.rtp_clock_rate)
+            info = SenderInfo(
+                ntp_ts=ntp_from_unix(now + self._wall_offset),
+                rtp_ts=rtp_ts & 0xFFFFFFFF,
+                packet_count=stats.packets_sent,
+                octet_count=stats.octets_sent,
+            )
+            stats.rtcp_sr_sent += 1
+            return build_sender_report(self.ssrc, info, blocks, self.cname)
+        stats.rtcp_rr_sent += 1
+        return build_receiver_report(self.ssrc, blocks, self.cname)
+
+    def _send_rtcp_now(self, data: bytes) -> None:
+        transport = self._rtp if self._mux else self._rtcp
+        if transport is not None and self._remote_rtcp is not None:
+            transport.sendto(data, self._remote_rtcp)
+            self._avg_rtcp_size += (len(data) + IP_UDP_OVERHEAD - self._avg_rtcp_size) / 16
+
+    def _on_rtcp_timer(self) -> None:
+        self._rtcp_handle = None
+        if self.state is not SessionState.STARTED:
+            return
+        self._send_rtcp_now(self._build_report())
+        self._schedule_rtcp(initial=False)
+
+    def _schedule_rtcp(self, initial: bool) -> None:
+        """RFC 3550 A.7 interval, two members, with the random factor drawn here (engine)."""
+        senders = int(self._sending) + int(self.recv_stats.ssrc is not None)
+        interval = rtcp_interval(
+            members=2,
+            senders=max(senders, 1),
+            rtcp_bw_bps=self._rtcp_bw,
+            we_sent=self._sending,
+            avg_rtcp_size=self._avg_rtcp_size,
+            initial=initial,
+            rand_factor=self._rand.uniform(0.5, 1.5),
+        )
+        self._rtcp_handle = self._loop.call_later(interval, self._on_rtcp_timer)
+
+    # -- per second and teardown -----------------------------------------------------------
+
+    def tick_second(self, now: float) -> None:
+        """Close the one-second interval and rate the call (E-model, G.107)."""
+        self.send_stats.close_interval(now)
+        recv = self.recv_stats
+        recv.close_interval(now)
+        loss = recv.interval_fraction_lost
+        if not self._rated or loss is None:
+            return
+        rtt = self.quality.rtt_ms
+        jitter_buffer = max(float(self.ptime_ms), 2 * recv.jitter_ms)
+        delay = (rtt / 2 if rtt is not None else 0.0) + self.ptime_ms + jitter_buffer
+        r = r_factor(self.codec.name, loss * 100, delay)
+        self.quality.r_factor = r
+        self.quality.mos = mos_from_r(r)
+
+    def snapshot(self, now: float | None = None) -> dict[str, dict[str, Any]]:
+        """PROTOCOL.md ``send``/``recv`` metric objects plus ``remote`` (the peer's RR view).
+
+        ``now`` is accepted for symmetry with the cores; the figures are those
+        of the last closed one-second interval.
+        """
+        return metrics_snapshot(self.send_stats, self.recv_stats, self.quality, self.remote)
+
+    def stop(self, reason: str | None = None) -> None:
+        """Stop sending, send an RTCP BYE (§6.6) if media was started, close the sockets.
+
+        Idempotent. The engine returns the port pair to the pool.
+        """
+        was = self.state
+        self._transition("stop")
+        if was is SessionState.STOPPED:
+            return
+        self._clock.remove(self._send_frame)
+        self._sending = False
+        if self._rtcp_handle is not None:
+            self._rtcp_handle.cancel()
+            self._rtcp_handle = None
+        if was is SessionState.STARTED:
+            bye = build_bye(self.ssrc, reason, cname=self.cname, blocks=self._report_blocks())
+            self._send_rtcp_now(bye)
+        for transport in (self._rtp, self._rtcp):
+            if transport is not None:
+                transport.close()
+        self._rtp = self._rtcp = None
