@@ -1,0 +1,305 @@
+"""Turn a plan into PROTOCOL.md ``assign`` frames, split across workers by free capacity.
+
+Theory of operation (no I/O here; the run manager owns sockets and clocks):
+
+1. :func:`allocate` places every endpoint of the plan on a worker, in
+   proportion to each worker's free capacity (largest remainder), dealing
+   endpoints out smoothly so that every group is spread over every worker.
+   It raises :class:`CapacityError` when the plan does not fit.
+2. The run is phased: receivers first. :meth:`Dispatch.receiver_assigns`
+   builds one ``assign`` per worker holding receivers. The run manager feeds
+   every ``phase`` and ``outcome`` item to :meth:`Dispatch.receive_phase` /
+   :meth:`Dispatch.receive_outcome`; :meth:`Dispatch.callers_due` says when
+   every receiver has settled (REGISTERED, or closed) or the registration
+   window has ended (:meth:`Dispatch.get_timer` gives that deadline).
+3. :meth:`Dispatch.caller_assigns` then builds the callers' ``assign``
+   frames. A caller whose target is a group gets a REGISTERED receiver of it,
+   round-robin: the receiver's address of record when it registers with a
+   registrar, else the ``contact`` of its REGISTERED phase item. Callers left
+   without any reachable receiver are returned as ``unreachable`` so that the
+   run manager records them as failed instead of sending them.
+
+Endpoint ids are ``<run_id>/<group>/<n>``; buildup offsets (``start_offset_ms``)
+are counted from 0 within each phase.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sipswarm.controller.plan import Group, Plan
+from sipswarm.errors import ResourceError
+from sipswarm.protocol.enums import Phase
+from sipswarm.protocol.models import (
+    Account,
+    Action,
+    Assign,
+    AssignEndpoint,
+    AssignSettings,
+    CallSettings,
+    MediaSettings,
+    MediaSource,
+    Registrar,
+)
+
+SETTLED_PHASES = frozenset({Phase.REGISTERED, Phase.DISCONNECTING, Phase.CLOSED})
+
+
+class CapacityError(ResourceError):
+    """The plan needs more endpoints than the connected workers have free."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSlot:
+    """A worker that can take endpoints now, with how many it has free."""
+
+    worker_id: str
+    free: int
+
+
+@dataclass(frozen=True, slots=True)
+class Placed:
+    """One endpoint of the plan, placed on a worker."""
+
+    endpoint_id: str
+    group: Group
+    n: int
+    worker_id: str
+    start_offset_ms: int = 0
+
+
+def endpoint_id(run_id: str, group: str, n: int) -> str:
+    """``<run_id>/<group>/<n>`` (PROTOCOL.md endpoint ids as this controller makes them)."""
+    return f"{run_id}/{group}/{n}"
+
+
+def group_of(endpoint_id_: str) -> str:
+    """The group name inside an endpoint id made by :func:`endpoint_id`."""
+    parts = endpoint_id_.split("/")
+    return parts[-2] if len(parts) >= 3 else ""
+
+
+def buildup_offsets(count: int, rate_per_s: float | None, total_s: float | None) -> list[int]:
+    """Start offsets (ms): ``rate_per_s`` apart, or ``count`` spread over ``total_s``."""
+    if count <= 0:
+        return []
+    step = 1000.0 / rate_per_s if rate_per_s is not None else (total_s or 0.0) * 1000.0 / count
+    return [int(i * step) for i in range(count)]
+
+
+def quotas(count: int, workers: Sequence[WorkerSlot]) -> dict[str, int]:
+    """Endpoints per worker, proportional to free capacity (largest remainder)."""
+    usable = [w for w in workers if w.free > 0]
+    free = sum(w.free for w in usable)
+    if count > free:
+        detail = ", ".join(f"{w.worker_id}: {w.free}" for w in workers) or "no worker connected"
+        raise CapacityError(f"the plan needs {count} endpoints, {free} are free ({detail})")
+    if count == 0:
+        return {}
+    exact = {w.worker_id: count * w.free / free for w in usable}
+    out = {wid: int(x) for wid, x in exact.items()}
+    by_remainder = sorted(exact, key=lambda wid: (out[wid] - exact[wid], wid))
+    for wid in by_remainder[: count - sum(out.values())]:
+        out[wid] += 1
+    return {wid: q for wid, q in out.items() if q > 0}
+
+
+def allocate(plan: Plan, run_id: str, workers: Sequence[WorkerSlot]) -> list[Placed]:
+    """Place every endpoint on a worker; raises :class:`CapacityError` if it does not fit."""
+    share = quotas(plan.total_endpoints, workers)
+    given = dict.fromkeys(share, 0)
+    total = plan.total_endpoints
+    ordered = [g for g in plan.groups if g.role == "receiver"] + [
+        g for g in plan.groups if g.role == "caller"
+    ]
+    placed = []
+    k = 0
+    for g in ordered:
+        for n in range(g.size):
+            k += 1
+            # smooth apportionment: the worker furthest behind its quota takes the next one
+            wid = max(share, key=lambda w: (share[w] * k / total - given[w], w))
+            given[wid] += 1
+            placed.append(Placed(endpoint_id(run_id, g.name, n), g, n, wid))
+    return placed
+
+
+def _with_offsets(placed: Sequence[Placed], plan: Plan) -> list[Placed]:
+    offsets = buildup_offsets(len(placed), plan.rate_per_s, plan.total_s)
+    return [
+        Placed(p.endpoint_id, p.group, p.n, p.worker_id, off)
+        for p, off in zip(placed, offsets, strict=True)
+    ]
+
+
+def build_endpoint(p: Placed, target: str | None) -> AssignEndpoint:
+    """The PROTOCOL.md ``assign`` endpoint for a placed endpoint, every field filled."""
+    g, acc, reg = p.group, p.group.accounts[p.n], p.group.registrar
+    return AssignEndpoint(
+        endpoint_id=p.endpoint_id,
+        group=g.name,
+        role=g.role,  # type: ignore[arg-type]
+        start_offset_ms=p.start_offset_ms,
+        account=Account(
+            username=acc.username,
+            password=acc.password,
+            auth_username=acc.auth_username,
+            realm=acc.realm,
+            display_name=acc.display_name,
+        ),
+        registrar=Registrar.model_validate(
+            {
+                "domain": reg.domain,
+                "host": reg.host,
+                "port": reg.port,
+                "transport": reg.transport,
+                "outbound_proxy": reg.outbound_proxy,
+                "register": g.register,
+                "expires_s": reg.expires_s,
+            }
+        ),
+        call=CallSettings(
+            target=target,
+            duration_s=g.call.duration_s,
+            ring_timeout_s=g.call.ring_timeout_s,
+            answer_delay_ms=g.call.answer_delay_ms,
+        ),
+        media=MediaSettings(
+            codecs=list(g.media.codecs),
+            ptime_ms=g.media.ptime_ms,
+            source=MediaSource.model_validate(g.media.source),
+            srtp=g.media.srtp,  # type: ignore[arg-type]
+            dscp=g.media.dscp,
+        ),
+        actions=[Action.model_validate(a) for a in g.actions],
+    )
+
+
+def assign_json(assign: Assign, plan: Plan) -> dict[str, Any]:
+    """The ``assign`` frame as a JSON object, plus the plan's TLS options (an extra field).
+
+    PROTOCOL.md ``registrar`` has no TLS options; workers ignore unknown fields,
+    so they travel as ``registrar.tls`` for workers that understand them.
+    """
+    obj = assign.model_dump(mode="json", by_alias=True)
+    groups = {g.name: g for g in plan.groups}
+    for ep in obj["endpoints"]:
+        reg = groups[ep["group"]].registrar
+        if reg.transport in ("tls", "wss", "auto"):
+            ep["registrar"]["tls"] = {"verify": reg.tls_verify, "server_name": reg.tls_server_name}
+    return obj
+
+
+@dataclass
+class Dispatch:
+    """The phased dispatch of one run. Pure: the caller passes ``now_ms`` in."""
+
+    plan: Plan
+    run_id: str
+    placed: list[Placed]
+    receivers: list[Placed] = field(init=False)
+    callers: list[Placed] = field(init=False)
+    receivers_start_ms: int | None = None
+    settled: set[str] = field(default_factory=set)
+    contacts: dict[str, str] = field(default_factory=dict)
+    _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    def __post_init__(self) -> None:
+        self.receivers = _with_offsets(
+            [p for p in self.placed if p.group.role == "receiver"], self.plan
+        )
+        self.callers = _with_offsets(
+            [p for p in self.placed if p.group.role == "caller"], self.plan
+        )
+
+    def receiver_assigns(self, start_at_ms: int) -> list[tuple[str, Assign]]:
+        """``(worker_id, assign)`` for the receivers; call once, at run start."""
+        self.receivers_start_ms = start_at_ms
+        return self._assigns(self.receivers, start_at_ms, {})
+
+    def receive_phase(self, endpoint_id_: str, phase: Phase, contact: str | None) -> None:
+        """Feed every ``phase`` item of the run (replays are harmless)."""
+        if phase in SETTLED_PHASES:
+            self.settled.add(endpoint_id_)
+        if phase is Phase.REGISTERED and contact:
+            self.contacts[endpoint_id_] = contact
+
+    def receive_outcome(self, endpoint_id_: str) -> None:
+        """Feed every ``outcome`` item: a closed receiver has settled."""
+        self.settled.add(endpoint_id_)
+
+    def get_timer(self) -> int | None:
+        """When the registration window ends (ms), or None before receivers start."""
+        if not self.receivers:
+            return None
+        if self.receivers_start_ms is None:
+            return None
+        last = self.receivers[-1].start_offset_ms
+        return self.receivers_start_ms + last + int(self.plan.registration_window_s * 1000)
+
+    def callers_due(self, now_ms: int) -> bool:
+        """True once every receiver settled, or the registration window is over."""
+        if all(r.endpoint_id in self.settled for r in self.receivers):
+            return True
+        deadline = self.get_timer()
+        return deadline is not None and now_ms >= deadline
+
+    def caller_assigns(self, start_at_ms: int) -> tuple[list[tuple[str, Assign]], list[Placed]]:
+        """``([(worker_id, assign)], unreachable)`` for the callers; call once, when due."""
+        targets: dict[str, str] = {}
+        unreachable = []
+        rr: dict[str, itertools.cycle[str]] = {}
+        for c in self.callers:
+            if c.group.target_uri is not None:
+                targets[c.endpoint_id] = c.group.target_uri
+                continue
+            name = c.group.target_group or ""
+            if name not in rr:
+                pool = self._reachable(name)
+                if pool:
+                    rr[name] = itertools.cycle(pool)
+            cycle = rr.get(name)
+            if cycle is None:
+                unreachable.append(c)
+            else:
+                targets[c.endpoint_id] = next(cycle)
+        sendable = [c for c in self.callers if c.endpoint_id in targets]
+        return self._assigns(sendable, start_at_ms, targets), unreachable
+
+    def _reachable(self, group_name: str) -> list[str]:
+        """Target URIs of a receiver group, registered receivers first, in endpoint order."""
+        group = self.plan.group(group_name)
+        mine = [r for r in self.receivers if r.group.name == group_name]
+        if group.register:
+            up = [r for r in mine if r.endpoint_id in self.contacts]
+            # nobody registered: still dial the AoRs, so the system under test answers for them
+            return [group.aor(r.n) for r in (up or mine)]
+        return [self.contacts[r.endpoint_id] for r in mine if r.endpoint_id in self.contacts]
+
+    def _assigns(
+        self, placed: list[Placed], start_at_ms: int, targets: dict[str, str]
+    ) -> list[tuple[str, Assign]]:
+        by_worker: dict[str, list[Placed]] = {}
+        for p in placed:
+            by_worker.setdefault(p.worker_id, []).append(p)
+        settings = AssignSettings.model_validate(
+            {"trace": self.plan.trace, "metrics_interval_ms": self.plan.metrics_interval_ms}
+        )
+        out = []
+        for wid, eps in by_worker.items():
+            out.append(
+                (
+                    wid,
+                    Assign(
+                        assignment_id=f"{self.run_id}-a{next(self._ids)}",
+                        run_id=self.run_id,
+                        start_at=start_at_ms,
+                        settings=settings,
+                        endpoints=[build_endpoint(p, targets.get(p.endpoint_id)) for p in eps],
+                    ),
+                )
+            )
+        return out
