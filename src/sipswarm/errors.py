@@ -8,6 +8,7 @@ Every error raised on purpose by sipswarm derives from :class:`SipswarmError`::
      +-- ProtocolError        a peer broke a protocol rule we cannot absorb locally
      +-- NegotiationError     SDP offer/answer found nothing in common
      +-- ResourceError        out of ports, sockets or capacity (maps to OSERROR)
+     +-- ResolutionError      DNS (RFC 3263) found no server for a SIP target
 
 Bad input from the network never raises out of a ``receive_*`` method: it is
 counted and dropped (see STYLE.md rule 11). These errors are for local misuse
@@ -39,3 +40,7 @@ class NegotiationError(SipswarmError):
 
 class ResourceError(SipswarmError):
     """A local resource (ports, sockets, capacity) is exhausted."""
+
+
+class ResolutionError(SipswarmError):
+    """RFC 3263 server location found no usable NAPTR/SRV/A record for a target."""
