@@ -1,0 +1,123 @@
+"""Outgoing requests as plain data, rendered with string templates.
+
+A :class:`RequestSpec` holds everything of a request except its Via branch and
+credentials, so the same request can be rendered again for a digest retry
+(new branch, next CSeq) or turned into the ACK of a non-2xx final response
+(RFC 3261 17.1.1.3). Rendering is one f-string join: no object graph per
+message, which matters at thousands of requests per second.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field, replace
+
+from sipmessage import URI
+
+from sipswarm.errors import ConfigError
+from sipswarm.sip.config import StackConfig
+
+__all__ = ["ALLOW", "RequestSpec", "is_ip_literal", "uri_destination"]
+
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE"
+ACCEPT = "application/sdp"
+
+Address = tuple[str, int]
+
+
+@dataclass(slots=True)
+class RequestSpec:
+    """One request minus branch and credentials. ``extra`` is preformatted
+    header lines, each ending in CRLF."""
+
+    method: str
+    ruri: str
+    from_hdr: str
+    to_hdr: str
+    call_id: str
+    cseq: int
+    destination: Address
+    contact: str | None = None
+    routes: list[str] = field(default_factory=list)
+    extra: str = ""
+    body: bytes = b""
+    content_type: str = "application/sdp"
+
+    def render(self, config: StackConfig, branch: str, auth: str = "") -> bytes:
+        """Bytes of this request with Via ``branch`` and ``auth`` (a header line or '')."""
+        lines = [
+            f"{self.method} {self.ruri} SIP/2.0\r\n"
+            f"Via: SIP/2.0/{config.via_transport} {config.sent_by};rport;branch={branch}\r\n"
+            f"Max-Forwards: {config.max_forwards}\r\n"
+        ]
+        lines.extend(f"Route: {r}\r\n" for r in self.routes)
+        lines.append(
+            f"From: {self.from_hdr}\r\nTo: {self.to_hdr}\r\nCall-ID: {self.call_id}\r\n"
+            f"CSeq: {self.cseq} {self.method}\r\n"
+        )
+        if self.contact:
+            lines.append(f"Contact: {self.contact}\r\n")
+        lines.append(auth)
+        lines.append(self.extra)
+        lines.append(f"User-Agent: {config.user_agent}\r\n")
+        if self.body:
+            lines.append(f"Content-Type: {self.content_type}\r\n")
+        lines.append(f"Content-Length: {len(self.body)}\r\n\r\n")
+        return "".join(lines).encode() + self.body
+
+    def render_ack(self, config: StackConfig, branch: str, to_hdr: str) -> bytes:
+        """ACK for a non-2xx final response (RFC 3261 17.1.1.3): same Request-URI,
+        Call-ID, From, Route and branch; To from the response; CSeq method ACK."""
+        ack = RequestSpec(
+            "ACK",
+            self.ruri,
+            self.from_hdr,
+            to_hdr,
+            self.call_id,
+            self.cseq,
+            self.destination,
+            routes=self.routes,
+        )
+        return ack.render(config, branch)
+
+    def next(self) -> RequestSpec:
+        """The same request with the next CSeq (RFC 3261 22.2 / 10.2.4)."""
+        return replace(self, cseq=self.cseq + 1)
+
+
+def is_ip_literal(host: str) -> bool:
+    """True for an IPv4 address or a bracketed IPv6 reference."""
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def uri_destination(uri: str, transport: str, fallback: Address | None = None) -> Address:
+    """Where a request to ``uri`` goes when it has an IP literal host (port default
+    5060, 5061 for TLS or sips). A host name needs DNS, which the sans-I/O core
+    cannot do: then ``fallback`` is used, or ConfigError tells the caller to
+    resolve it and pass ``destination``."""
+    text = uri.strip()
+    if text.startswith("<"):
+        text = text[1 : text.find(">")]
+    try:
+        parsed = URI.parse(text)
+    except ValueError as exc:
+        if fallback is not None:
+            return fallback
+        raise ConfigError(f"URI {uri!r} is not a valid SIP URI") from exc
+    host = parsed.host
+    maddr = parsed.parameters.get("maddr")
+    if maddr:
+        host = maddr
+    if not is_ip_literal(host):
+        if fallback is not None:
+            return fallback
+        raise ConfigError(
+            f"host {host!r} of {uri!r} is not an IP address: resolve it (RFC 3263) and "
+            "pass destination=(ip, port)"
+        )
+    secure = parsed.scheme == "sips" or transport == "tls"
+    return host.strip("[]"), parsed.port or (5061 if secure else 5060)
