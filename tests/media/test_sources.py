@@ -153,5 +153,5 @@ def test_missing_file_and_bad_settings(tmp_path: Path) -> None:
         get_source("tone", {"frequency_hz": "loud"}, PCMU, 20)
     with pytest.raises(ConfigError, match="level_dbm0"):
         get_source("tone", {"frequency_hz": 400, "level_dbm0": 6}, PCMU, 20)
-    with pytest.raises(ConfigError, match="ptime_ms 25"):
+    with pytest.raises(ConfigError, match="ptime_ms 25 is not supported by PCMU"):
         get_source("silence", {}, PCMU, 25)

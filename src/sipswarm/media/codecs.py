@@ -59,7 +59,7 @@ class Codec:
     channels: int = 1
     fmtp: str = ""
     static: bool = True
-    ptimes: tuple[int, ...] = (10, 20, 30, 40, 50, 60)
+    ptimes: tuple[int, ...] = tuple(range(10, 201, 10))  # sample codecs: any 10 ms multiple
     bytes_per_second: int | None = None  # constant-bitrate payload size, None when variable
 
     @property
