@@ -1,0 +1,32 @@
+# sipswarm worker agent.
+#   docker build -t sipswarm .
+#   docker run --rm --network host -e CONTROLLER_URL=wss://controller.example.com/v1/worker \
+#     -e WORKER_TOKEN=... sipswarm
+# The same install steps run in CI (scripts/test.sh: pip install of the tree), so a broken
+# dependency fails there too.
+FROM python:3.11-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    STATE_DIR=/var/lib/sipswarm \
+    HEALTH_PORT=3030 \
+    LOG_FORMAT=json
+
+# Wheels exist for every dependency on amd64/arm64 (numpy, uvloop, av, pylibsrtp):
+# no compiler is needed in the image.
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY src ./src
+RUN pip install . && rm -rf /src
+
+RUN groupadd --system sipswarm \
+    && useradd --system --gid sipswarm --home-dir /var/lib/sipswarm --create-home sipswarm
+USER sipswarm
+WORKDIR /var/lib/sipswarm
+
+EXPOSE 3030
+HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
+    CMD ["python", "-c", "import os, sys, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('HEALTH_PORT', '3030'), timeout=2); sys.exit(0)"]
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["sipswarm", "agent"]
