@@ -215,6 +215,19 @@ class Storage:
         ).fetchone()
         return None if row is None else row["acked_seq"]
 
+    def adopt_stream(self, worker_id: str, stream: str) -> None:
+        """Name a worker's provisional stream once its ``hello`` names it (see hub.py)."""
+        if self.acked_seq(stream) is not None:
+            return
+        row = self.db.execute(
+            "SELECT stream FROM streams WHERE worker_id = ? AND stream LIKE 'fresh:%' "
+            "ORDER BY rowid DESC LIMIT 1",
+            (worker_id,),
+        ).fetchone()
+        if row is not None:
+            with self.db:
+                self.db.execute("UPDATE streams SET stream = ? WHERE stream = ?", (stream, row[0]))
+
     def store_data(self, stream: str, worker_id: str, seq: int, items: Sequence[Item]) -> bool:
         """Store one ``data`` frame; False (nothing stored) if ``seq`` was already stored."""
         acked = self.acked_seq(stream)
