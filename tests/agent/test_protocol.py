@@ -105,6 +105,7 @@ def test_hello_serialises_as_protocol_md_shows() -> None:
         "labels": {"region": "eu-west"},
         "media": [],
         "resume": {"stream": "u", "last_seq": 1842},
+        "stream": None,
     }
     back, notes = parse_worker_frame(dump_frame(hello))
     assert back == hello and notes == []

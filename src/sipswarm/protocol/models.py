@@ -85,6 +85,8 @@ class Hello(_Wire):
     labels: dict[str, str] = Field(default_factory=dict)
     media: list[str] = Field(default_factory=list)
     resume: Resume | None = None
+    stream: str | None = None
+    """Extension (docs/protocol.md): this process's stream uuid, in every hello."""
 
 
 class Heartbeat(_Wire):
