@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sipmessage import Address
+from sipmessage import Address, Parameters
 
 from sipswarm.sip.message import SipMessage
 from sipswarm.sip.request import RequestSpec, uri_destination
 
-__all__ = ["Dialog", "route_set_from"]
+__all__ = ["Dialog", "remote_target_from", "route_set_from", "without_tag"]
 
 Addr = tuple[str, int]
 
@@ -29,6 +29,12 @@ def route_set_from(msg: SipMessage, reverse: bool) -> list[str]:
     if reverse:
         routes.reverse()
     return routes
+
+
+def without_tag(address: Address) -> str:
+    """Address as a From/To value with its tag removed (the dialog adds its own)."""
+    params = {k: v for k, v in address.parameters.items() if k != "tag"}
+    return str(Address(address.uri, address.name, Parameters(**params)))
 
 
 def remote_target_from(msg: SipMessage) -> str | None:

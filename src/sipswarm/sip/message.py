@@ -73,6 +73,9 @@ MANDATORY = ("via", "from", "to", "call-id", "cseq")
 _FOLD = re.compile(rb"\r\n[ \t]+")  # RFC 3261 7.3.1: folding is equivalent to one SP
 _TOKEN = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~]+$")
 _RPORT_EMPTY = re.compile(r";\s*rport(?=\s*(?:;|$))")
+# sipmessage's list parsers reject LWS before a separating comma (legal per RFC 3261
+# 7.3.1, RFC 4475 3.1.1.1); normalise it first.
+_LIST_COMMA = re.compile(r"\s*,\s*")
 
 
 @dataclass(slots=True)
@@ -140,7 +143,7 @@ class SipMessage:
         for value in self.headers.get(name, ()):
             if value.strip() == "*":
                 continue
-            result.extend(Address.parse_many(value))
+            result.extend(Address.parse_many(_LIST_COMMA.sub(", ", value)))
         return result
 
 
@@ -214,7 +217,7 @@ def _parse_typed(start: str, headers: dict[str, list[str]], body: bytes) -> SipM
         raise _Reject("more than one CSeq or Call-ID header")
     via: list[Via] = []
     for value in headers["via"]:
-        via.extend(Via.parse_many(value))
+        via.extend(Via.parse_many(_LIST_COMMA.sub(", ", value)))
     from_addr = Address.parse(headers["from"][0])
     to_addr = Address.parse(headers["to"][0])
     body = _check_body(headers, body)

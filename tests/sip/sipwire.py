@@ -67,3 +67,68 @@ class Net:
         out = self.events.get(addr(stack), [])
         self.events[addr(stack)] = []
         return out
+
+
+def header(data: bytes, name: str) -> str:
+    """First value of header ``name`` in raw message ``data`` (test-side, independent)."""
+    for line in data.decode().split("\r\n")[1:]:
+        if not line:
+            break
+        key, _, value = line.partition(":")
+        if key.strip().lower() == name.lower():
+            return value.strip()
+    raise KeyError(name)
+
+
+def start_line(data: bytes) -> str:
+    return data.decode().split("\r\n", 1)[0]
+
+
+def status_of(data: bytes) -> int:
+    return int(start_line(data).split()[1])
+
+
+def reply(
+    request: bytes,
+    status: int,
+    reason: str = "X",
+    *,
+    to_tag: str | None = None,
+    extra: str = "",
+    body: bytes = b"",
+) -> bytes:
+    """A response to ``request`` written by hand, as a peer would (not by the stack)."""
+    lines = [f"SIP/2.0 {status} {reason}"]
+    for line in request.decode().split("\r\n")[1:]:
+        if not line:
+            break
+        key = line.partition(":")[0].strip().lower()
+        if key in ("via", "from", "call-id", "cseq"):
+            lines.append(line)
+        elif key == "to":
+            lines.append(line + (f";tag={to_tag}" if to_tag and ";tag=" not in line else ""))
+    text = "\r\n".join(lines) + "\r\n" + extra + f"Content-Length: {len(body)}\r\n\r\n"
+    return text.encode() + body
+
+
+def request(
+    method: str,
+    ruri: str,
+    *,
+    branch: str,
+    call_id: str = "peer-call-1",
+    cseq: int = 1,
+    from_tag: str = "peer1",
+    to: str = "<sip:bob@127.0.0.1:5070>",
+    extra: str = "",
+    body: bytes = b"",
+    via_host: str = "127.0.0.1:5099",
+) -> bytes:
+    """A request written by hand, as a peer would send it."""
+    text = (
+        f"{method} {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {via_host};branch={branch}\r\n"
+        f"Max-Forwards: 70\r\nFrom: <sip:carol@127.0.0.1>;tag={from_tag}\r\nTo: {to}\r\n"
+        f"Call-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n{extra}"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return text.encode() + body
