@@ -41,6 +41,7 @@ import asyncio
 import enum
 import random
 import time
+from collections.abc import Callable
 from typing import Any, Final, Protocol
 
 from sipswarm.engine.media_clock import MediaClock
@@ -70,11 +71,16 @@ from sipswarm.media.stats import (
 )
 
 Address = tuple[str, int]
+_monotonic = time.monotonic
 
 #: RTCP bandwidth share (RFC 3550 §6.2); the session bandwidth is estimated as one payload
 #: octet per timestamp unit (exact for G.711) plus RTP/UDP/IP headers.
 RTCP_BW_FRACTION: Final = 0.05
 IP_UDP_OVERHEAD: Final = 28
+
+
+def _discard(data: bytes, addr: Address | None) -> None:
+    """Where packets go before the transport exists or after it closed."""
 
 
 class MediaCodec(Protocol):
@@ -115,13 +121,22 @@ TRANSITIONS: Final = {
 
 
 class _RtpProtocol(asyncio.DatagramProtocol):
-    """Thin adapter: every datagram of the RTP socket goes to the session."""
+    """Thin adapter: every datagram of the RTP socket goes to the receive statistics.
+
+    ``plain`` (no rtcp-mux, no latching) feeds the statistics directly, the
+    per-packet hot path; otherwise the session demultiplexes first.
+    """
 
     def __init__(self, session: RtpSession) -> None:
         self._session = session
+        self._receive = session.recv_stats.receive_rtp
+        self.plain = True
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
-        self._session._on_rtp(data, addr)
+        if self.plain:
+            self._receive(data, _monotonic())
+        else:
+            self._session._on_rtp(data, addr)
 
     def error_received(self, exc: Exception) -> None:
         self._session.socket_errors += 1
@@ -186,6 +201,9 @@ class RtpSession:
         self._sending = False
         self._paused_at: float | None = None
         self._rtp: asyncio.DatagramTransport | None = None
+        self._rtp_protocol: _RtpProtocol | None = None
+        self._write = self._writer.write
+        self._sendto: Callable[[bytes, Address | None], None] = _discard
         self._rtcp: asyncio.DatagramTransport | None = None
         self._remote_rtp: Address | None = None
         self._remote_rtcp: Address | None = None
@@ -217,9 +235,10 @@ class RtpSession:
         loop = self._loop
         rtcp_sock = self._alloc.rtcp_sock
         try:
-            self._rtp, _ = await loop.create_datagram_endpoint(
+            self._rtp, protocol = await loop.create_datagram_endpoint(
                 lambda: _RtpProtocol(self), sock=self._alloc.rtp_sock
             )
+            self._rtp_protocol = protocol
             if rtcp_sock is not None:
                 self._rtcp, _ = await loop.create_datagram_endpoint(
                     lambda: _RtcpProtocol(self), sock=rtcp_sock
@@ -287,6 +306,9 @@ class RtpSession:
         else:
             self._remote_rtcp = remote_rtcp_addr or (remote_addr[0], remote_addr[1] + 1)
         self._latch = latch
+        self._sendto = self._rtp.sendto if self._rtp is not None else _discard
+        if self._rtp_protocol is not None:
+            self._rtp_protocol.plain = not (rtcp_mux or latch)
         self.set_sending(send)
         if self._rtcp_handle is None:
             self._schedule_rtcp(initial=True)
@@ -312,28 +334,21 @@ class RtpSession:
 
     def _send_frame(self, due: float) -> None:
         """Media clock callback: send the next frame, scheduled for ``due``."""
-        payload = self._frame(self._frame_index)
-        self._frame_index += 1
-        writer = self._writer
-        packet = writer.write(payload)
-        transport = self._rtp
-        if transport is None:
-            return
-        transport.sendto(packet, self._remote_rtp)
-        if transport.get_write_buffer_size():  # type: ignore[attr-defined]
-            writer.detach()  # the transport queued a reference to our buffer
+        index = self._frame_index
+        self._frame_index = index + 1
+        packet = self._write(self._frame(index))
+        self._sendto(packet, self._remote_rtp)
         stats = self.send_stats
         stats.packets_sent += 1
         stats.bytes_sent += len(packet)
-        stats.octets_sent += len(payload)
         self._last_due = due
 
     def _on_rtp(self, data: bytes, addr: Address) -> None:
         if self._mux and is_rtcp(data):
             self._on_rtcp(data)
             return
-        hdr = self.recv_stats.receive_rtp(data, time.monotonic())
-        if hdr is not None and self._latch and addr != self._remote_rtp:
+        pt = self.recv_stats.receive_rtp(data, _monotonic())
+        if pt >= 0 and self._latch and addr != self._remote_rtp:
             self._remote_rtp = addr  # RFC 4961 symmetric RTP, once
             self._latch = False
 
@@ -480,3 +495,4 @@ class RtpSession:
             if transport is not None:
                 transport.close()
         self._rtp = self._rtcp = None
+        self._sendto = _discard

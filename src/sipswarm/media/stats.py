@@ -34,10 +34,11 @@ PROTOCOL.md metric keys.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from typing import Any, Final
 
-from sipswarm.media.rtp import RtpHeader, parse_rtp_header
+from sipswarm.media.rtp import MAX_RTP_PACKET, RTP_HEADER_SIZE, RtpHeader, parse_rtp_header
 
 # RFC 3550 A.1
 MAX_DROPOUT: Final = 3000
@@ -47,14 +48,16 @@ SEQ_MOD: Final = 1 << 16
 #: Sequence numbers remembered behind the highest one, for duplicate detection.
 DUP_WINDOW: Final = 128
 _DUP_MASK: Final = (1 << DUP_WINDOW) - 1
+_unpack_from = struct.Struct("!BBHII").unpack_from
 
 
 class RtpReceiveStats:
     """Receive statistics of one incoming RTP stream (one call leg, any number of SSRCs).
 
     Per packet: :meth:`receive_rtp` (or :meth:`receive_header` when the caller
-    already parsed). Every second: :meth:`close_interval`. For each RTCP
-    report: :meth:`report_block`. Read the public attributes at any time.
+    already parsed, e.g. for RFC 4733 events that must not feed the jitter).
+    Every second: :meth:`close_interval`. For each RTCP report:
+    :meth:`report_block`. Read the public attributes at any time.
     """
 
     __slots__ = (
@@ -144,14 +147,60 @@ class RtpReceiveStats:
 
     # -- per packet ------------------------------------------------------------------------
 
-    def receive_rtp(self, data: bytes | bytearray | memoryview, now: float) -> RtpHeader | None:
-        """Account one datagram that arrived at ``now``; return its header, ``None`` if invalid."""
-        hdr = parse_rtp_header(data)
-        if hdr is None:
+    def receive_rtp(self, data: bytes | bytearray | memoryview, now: float) -> int:
+        """Account one datagram that arrived at ``now``; return its payload type, -1 if invalid.
+
+        The common case (a plain 12-byte header, the current SSRC, the next
+        sequence number) is handled inline: this runs for every packet.
+        Everything else goes through :func:`parse_rtp_header` and
+        :meth:`receive_header`.
+        """
+        size = len(data)
+        if size < 12 or size > MAX_RTP_PACKET:
             self.invalid_packets += 1
-            return None
-        self.receive_header(hdr, len(data), now, True)
-        return hdr
+            return -1
+        b0, b1, seq, ts, ssrc = _unpack_from(data)
+        pt: int = b1 & 0x7F
+        if (
+            b0 != 0x80  # CSRCs, extension or padding: validate them in the slow path
+            or ssrc != self.ssrc
+            or (seq - self._max_seq) & 0xFFFF != 1
+            or self._probation
+            or 72 <= pt <= 76
+        ):
+            hdr = parse_rtp_header(data)
+            if hdr is None:
+                self.invalid_packets += 1
+                return -1
+            self.receive_header(hdr, size, now, True)
+            return pt
+        # in-order next packet: RFC 3550 A.1 update_seq with udelta == 1
+        self._max_seq = seq
+        if seq == 0:
+            self._cycles += SEQ_MOD
+        self._window = ((self._window << 1) | 1) & _DUP_MASK
+        self._unique += 1
+        self.packets_received += 1
+        self.bytes_received += size
+        self._int_packets += 1
+        self._int_bytes += size
+        self.last_arrival = now
+        # RFC 3550 §6.4.1 jitter, inline (see _update_jitter)
+        if self._jitter_valid:
+            d = (now - self._last_arrival_ts) * self.clock_rate - (
+                ((ts - self._last_ts + 0x80000000) & 0xFFFFFFFF) - 0x80000000
+            )
+            if d < 0:
+                d = -d
+            j = self.jitter + (d - self.jitter) * 0.0625
+            self.jitter = j
+            if j > self.jitter_max:
+                self.jitter_max = j
+        else:
+            self._jitter_valid = True
+        self._last_ts = ts
+        self._last_arrival_ts = now
+        return pt
 
     def receive_header(self, hdr: RtpHeader, size: int, now: float, jitter: bool) -> None:
         """Account one parsed packet of ``size`` bytes; ``jitter=False`` for RFC 4733 events.
@@ -353,7 +402,6 @@ class RtpSendStats:
         "bytes_sent",
         "interval_bytes_rate",
         "interval_packets_rate",
-        "octets_sent",
         "packets_sent",
         "rtcp_rr_sent",
         "rtcp_sr_sent",
@@ -363,7 +411,6 @@ class RtpSendStats:
     def __init__(self) -> None:
         self.packets_sent = 0
         self.bytes_sent = 0  # whole RTP packets, header included
-        self.octets_sent = 0  # payload octets only (RTCP SR sender's octet count, §6.4.1)
         self.rtcp_sr_sent = 0
         self.rtcp_rr_sent = 0
         self.send_errors = 0
@@ -372,6 +419,11 @@ class RtpSendStats:
         self._int_bytes = 0
         self.interval_packets_rate: float | None = None
         self.interval_bytes_rate: float | None = None
+
+    @property
+    def octets_sent(self) -> int:
+        """Payload octets (the SR sender's octet count, §6.4.1): we send 12-byte headers only."""
+        return self.bytes_sent - RTP_HEADER_SIZE * self.packets_sent
 
     def close_interval(self, now: float) -> None:
         """Close the one-second interval and compute the send rates over it."""
