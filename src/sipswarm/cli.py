@@ -14,7 +14,9 @@ import sys
 from sipswarm import __version__
 
 # name -> (module, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "controller": ("sipswarm.commands.controller", "run the reference controller for a fleet"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
