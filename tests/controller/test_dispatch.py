@@ -167,3 +167,17 @@ def test_callers_only_plan_is_due_at_once() -> None:
     assert d.receiver_assigns(0) == [] and d.callers_due(0)
     assigns, unreachable = d.caller_assigns(0)
     assert len(assigns) == 1 and unreachable == []
+
+
+def test_tls_options_travel_as_an_extra_field() -> None:
+    plan = load_plan(
+        "registrars: {edge: {domain: sbc.test, transport: tls,"
+        " tls: {verify: false, server_name: sbc.test, ca_file: /etc/ca.pem}}}\n"
+        "groups: [{name: c, size: 1, role: caller, target: 'sip:x@sbc.test',"
+        " accounts: {user: '1'}}]"
+    )
+    d = Dispatch(plan, "r", allocate(plan, "r", [WorkerSlot("w", 1)]))
+    ((_, assign),), _ = d.caller_assigns(0)
+    reg = assign_json(assign, plan)["endpoints"][0]["registrar"]
+    assert reg["transport"] == "tls"
+    assert reg["tls"] == {"verify": False, "server_name": "sbc.test", "ca_file": "/etc/ca.pem"}

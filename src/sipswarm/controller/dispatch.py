@@ -189,7 +189,11 @@ def assign_json(assign: Assign, plan: Plan) -> dict[str, Any]:
     for ep in obj["endpoints"]:
         reg = groups[ep["group"]].registrar
         if reg.transport in ("tls", "wss", "auto"):
-            ep["registrar"]["tls"] = {"verify": reg.tls_verify, "server_name": reg.tls_server_name}
+            ep["registrar"]["tls"] = {
+                "verify": reg.tls_verify,
+                "server_name": reg.tls_server_name,
+                "ca_file": reg.tls_ca_file,
+            }
     return obj
 
 

@@ -61,6 +61,7 @@ class Registrar:
     expires_s: int = 300
     tls_verify: bool = True
     tls_server_name: str | None = None
+    tls_ca_file: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,6 +262,7 @@ class _PlanBuilder:
             r.expires_s,
             tls.verify,
             tls.server_name,
+            tls.ca_file,
         )
         return reg, True if g.register_ is None else g.register_
 
