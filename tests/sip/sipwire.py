@@ -132,3 +132,12 @@ def request(
         f"Content-Length: {len(body)}\r\n\r\n"
     )
     return text.encode() + body
+
+
+def advance(stack: SipStack, until: float) -> list[tuple[float, bytes]]:
+    """Fire timers in deadline order up to ``until``; return (time, message) sent."""
+    sent: list[tuple[float, bytes]] = []
+    while (deadline := stack.get_timer()) is not None and deadline <= until:
+        stack.handle_timer(deadline)
+        sent.extend((deadline, data) for data, _ in stack.messages_to_send())
+    return sent
