@@ -130,6 +130,7 @@ def _make_db(path: Path, options: KamailioOptions) -> None:
 def _write_config(workdir: Path, options: KamailioOptions, port: int, tls_port: int | None) -> Path:
     values = {
         "DEBUG": str(options.debug),
+        "DOMAIN": options.domain,
         "CHILDREN": str(options.children),
         "TCP_CHILDREN": str(options.tcp_children),
         "PORT": str(port),
