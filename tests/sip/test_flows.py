@@ -399,7 +399,7 @@ def test_bye_non_2xx_is_teardown_failure() -> None:
 
 def test_reinvite_answered_with_same_sdp() -> None:
     a, b, net = pair()
-    out, inc = call(a, b, net)
+    _out, inc = call(a, b, net)
     b.answer(inc, ANSWER, 0.1)
     net.run(0.1)
     net.ev(a), net.ev(b)
@@ -448,7 +448,7 @@ def test_forked_second_2xx_is_acked_and_byed() -> None:
 def test_tracing_only_for_traced_owner() -> None:
     a, b, net = pair()
     b.set_trace("bob")
-    out, inc = call(a, b, net)
+    _out, _inc = call(a, b, net)
     assert a.traces_to_send() == []
     records = b.traces_to_send()
     assert [(r.dir, status_of(r.message) if r.dir == "out" else 0) for r in records] == [

@@ -150,7 +150,7 @@ def test_server_absorbs_invite_retransmission_and_resends_last_provisional() -> 
 
 
 def test_server_timer_g_until_ack_then_timer_i() -> None:
-    stack, invite, event = uas()
+    stack, _invite, event = uas()
     stack.reject(event.call, 486, 1.0)
     ((busy, _),) = stack.messages_to_send()
     sent = advance(stack, 9.0)
@@ -228,7 +228,7 @@ def test_reliable_server_terminates_at_once(transport: str) -> None:
 
 
 def test_bye_is_answered_and_ends_call() -> None:
-    stack, invite, event = uas()
+    stack, _invite, event = uas()
     stack.answer(event.call, b"v=0 answer\r\n", 0.0)
     ((ok, _),) = stack.messages_to_send()
     to = header(ok, "To")
