@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from pathlib import Path
 
@@ -70,5 +71,123 @@ def test_assign_runs_and_items_arrive_in_order_with_acks(tmp_path: Path) -> None
             state = ctl.stream_state()
             assert sorted(state.held) == list(range(1, max(state.held) + 1))
             await ctl.wait_for(lambda: w.supervisor.stream.all_acked)
+
+    run(scenario())
+
+
+def test_cut_then_resume_replays_unacked_frames_every_seq_exactly_once(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        script = Script(hold_s=1.2, metrics_every_s=0.02)
+        async with (
+            controller(auto_ack=False, forget_unacked_on_drop=True) as ctl,
+            running_worker(tmp_path, ctl, script) as w,
+        ):
+            await ctl.wait_for(lambda: ctl.ws is not None)
+            await ctl.send(assign_frame(n=1))
+            state = await ctl.wait_for(
+                lambda: ctl.streams and len(ctl.stream_state().held) >= 4 and ctl.stream_state()
+            )
+            await ctl.ack_all()  # the controller keeps these
+            await ctl.wait_for(lambda: len(state.unacked) >= 3)  # these it will lose
+            lost = set(state.unacked)
+            ctl.auto_ack = True
+            ctl.drop()
+            await ctl.wait_for(lambda: len(ctl.hellos) == 2)
+            resume = ctl.hellos[1]["resume"]
+            assert resume["stream"] == ctl.hellos[0]["stream"] == w.supervisor.stream.stream_id
+            assert resume["last_seq"] >= max(lost)
+            await ctl.wait_for(lambda: ctl.items_of("finished"), timeout=10)
+            await ctl.wait_for(lambda: w.supervisor.stream.all_acked)
+            last = w.supervisor.stream.last_seq
+            assert sorted(state.held) == list(range(1, last + 1))  # no gap
+            replayed = state.arrivals.count
+            assert all(replayed(s) == 2 for s in lost)  # the lost ones came again, once
+            assert all(replayed(s) == 1 for s in range(1, last + 1) if s not in lost)
+            kinds = [i["kind"] for i in ctl.items]
+            assert kinds.count("outcome") == 1 and "gap" not in kinds
+
+    run(scenario())
+
+
+def test_controller_down_buffer_bound_drops_metrics_and_sends_gap(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        script = Script(hold_s=1.0, metrics_every_s=0.01, metrics_pad=200)
+        async with (
+            controller() as ctl,
+            running_worker(tmp_path, ctl, script, data_buffer_bytes=8000) as w,
+        ):
+            await ctl.wait_for(lambda: ctl.ws is not None)
+            await ctl.send(assign_frame(n=2))
+            await ctl.wait_for(lambda: ctl.items_of("metrics"))
+            ctl.refuse_status = 503
+            ctl.drop()
+            await ctl.wait_for(lambda: w.backend.active_endpoints() == 0, timeout=5)
+            assert w.supervisor.stream.counters.dropped_items > 0
+            assert w.supervisor.stream.buffered_bytes <= 8000 + 2000
+            ctl.refuse_status = None
+            await ctl.wait_for(lambda: ctl.items_of("finished"), timeout=5)
+            gaps = ctl.items_of("gap")
+            assert gaps and gaps[0]["run_id"] == "r-1"
+            assert (
+                sum(g["dropped_items"] for g in gaps) == w.supervisor.stream.counters.dropped_items
+            )
+            assert gaps[0]["from_ts"] <= gaps[0]["to_ts"]
+            kinds = [i["kind"] for i in ctl.items]
+            assert kinds.count("outcome") == 2 and kinds.count("phase") == 6  # never dropped
+            assert any(code == 503 for _, code in ctl.attempts)
+
+    run(scenario())
+
+
+def test_bad_token_gets_401_status_error_and_slow_retries(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with controller() as ctl, running_worker(tmp_path, ctl, token="wrong-token") as w:
+            await ctl.wait_for(lambda: len(ctl.attempts) >= 3, timeout=5)
+            times = [t for t, code in ctl.attempts if code == 401]
+            assert all(b - a >= 0.6 * 0.95 for a, b in itertools.pairwise(times)), times
+            assert w.supervisor.status.value == "ERROR"
+            assert "HTTP 401" in (w.supervisor.detail or "")
+            assert not ctl.hellos
+
+    run(scenario())
+
+
+def test_orphan_timeout_cancels_runs_and_keeps_their_data(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with (
+            controller(orphan_timeout_s=0.3) as ctl,
+            running_worker(tmp_path, ctl, Script(hold_s=None)) as w,
+        ):
+            await ctl.wait_for(lambda: ctl.ws is not None)
+            await ctl.send(assign_frame(n=2))
+            await ctl.wait_for(lambda: ctl.of_type("assign_result"))
+            ctl.refuse_status = 503
+            ctl.drop()
+            await ctl.wait_for(lambda: w.backend.cancelled, timeout=5)
+            assert w.backend.cancelled == [("r-1", "orphaned")]
+            assert not ctl.items_of("outcome")
+            ctl.refuse_status = None
+            outcomes = await ctl.wait_for(
+                lambda: len(ctl.items_of("outcome")) == 2 and ctl.items_of("outcome")
+            )
+            assert {(o["outcome"], o["reason"]) for o in outcomes} == {("CANCELLED", "orphaned")}
+            await ctl.wait_for(lambda: ctl.items_of("finished"))
+
+    run(scenario())
+
+
+def test_reconnect_within_orphan_timeout_keeps_runs_alive(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with (
+            controller(orphan_timeout_s=2) as ctl,
+            running_worker(tmp_path, ctl, Script(hold_s=None)) as w,
+        ):
+            await ctl.wait_for(lambda: ctl.ws is not None)
+            await ctl.send(assign_frame(n=1))
+            await ctl.wait_for(lambda: ctl.of_type("assign_result"))
+            ctl.drop()
+            await ctl.wait_for(lambda: len(ctl.hellos) == 2)
+            await asyncio.sleep(2.3)
+            assert w.backend.cancelled == [] and w.backend.active_endpoints() == 1
 
     run(scenario())
