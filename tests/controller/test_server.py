@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import textwrap
 import urllib.error
@@ -297,3 +298,46 @@ class _Checker(HTMLParser):
         for name, value in attrs:
             if name in ("src", "href") and value and "://" in value:
                 self.external.append(value)
+
+
+def test_run_plan_exit_codes_and_outputs(tmp_path: Path) -> None:
+    from sipswarm.controller.runner import RunOptions, run_plan
+
+    async def body(controller: Controller) -> None:
+        w = HarnessWorker(controller.worker_url, TOKEN, "w-run")
+        await w.connect()
+        out = io.StringIO()
+        ok = await run_plan(
+            controller,
+            load_plan(PLAN),
+            RunOptions(
+                report_path=str(tmp_path / "r.html"),
+                json_path=str(tmp_path / "r.json"),
+                out=out,
+                timeout_s=20,
+            ),
+        )
+        assert ok.status is RunStatus.COMPLETED and ok.exit_code == 0
+        assert json.loads((tmp_path / "r.json").read_text())["status"] == "COMPLETED"
+        assert "<svg" in (tmp_path / "r.html").read_text()
+        assert "PASS  asr >= 1" in out.getvalue()
+        bad = await run_plan(
+            controller,
+            load_plan(PLAN),
+            RunOptions(thresholds=["pdd.p95 < 1"], out=out, live=False, timeout_s=20),
+        )
+        assert bad.status is RunStatus.COMPLETED and bad.exit_code == 1
+        assert [r.passed for r in bad.thresholds] == [True, True, False]
+        await w.disconnect()
+
+        silent = HarnessWorker(controller.worker_url, TOKEN, "w-silent", script="silent")
+        await silent.connect()
+        stop = asyncio.Event()
+        asyncio.get_running_loop().call_later(0.5, stop.set)  # Ctrl-C
+        cancelled = await run_plan(
+            controller, load_plan(PLAN), RunOptions(out=out, live=False, timeout_s=20), stop
+        )
+        assert cancelled.status is RunStatus.CANCELLED and cancelled.exit_code == 3
+        await silent.disconnect()
+
+    with_controller(tmp_path, body)

@@ -155,7 +155,6 @@ class RunManager:
     def snapshot(self, run_id: str) -> dict[str, Any]:
         """What the live view shows: status, elapsed, phases, calls, ASR, MOS, workers."""
         run = self._run(run_id)
-        overall = self.aggregates(run_id).overall
         started = run.life.entered_ms(RunStatus.RUNNING) or run.life.created_ms
         ended = run.life.timeline[-1].ts_ms if run.life.is_terminal else now_ms()
         workers = self.hub.workers if self.hub else {}
@@ -167,12 +166,7 @@ class RunManager:
             "elapsed_s": max(0, ended - started) / 1000,
             "endpoints": run.plan.total_endpoints,
             "phases": self.storage.phase_counts(run_id),
-            "calls_attempted": overall.calls_attempted,
-            "calls_answered": overall.calls_answered,
-            "asr": overall.asr,
-            "mos_mean": overall.mos.mean,
-            "mos_min": overall.mos.min,
-            "outcomes": overall.outcomes,
+            **self.storage.live_figures(run_id),
             "workers": {
                 wid: workers[wid].status if wid in workers else "UNKNOWN"
                 for wid in sorted(run.workers())

@@ -462,6 +462,32 @@ class Storage:
         )
         return {r["p"]: r["n"] for r in rows}
 
+    def live_figures(self, run_id: str) -> dict[str, Any]:
+        """Cheap running totals for the live view (SQL aggregates, no per-row Python)."""
+        calls = self.db.execute(
+            "SELECT direction, COUNT(*) AS n, "
+            "SUM(final_code BETWEEN 200 AND 299) AS ok FROM calls WHERE run_id = ? "
+            "GROUP BY direction",
+            (run_id,),
+        ).fetchall()
+        by_dir = {r["direction"]: (r["n"], r["ok"] or 0) for r in calls}
+        attempted, answered = by_dir.get("out") or by_dir.get("in") or (0, 0)
+        mos = self.db.execute(
+            "SELECT AVG(mos), MIN(mos) FROM metrics WHERE run_id = ? AND mos IS NOT NULL",
+            (run_id,),
+        ).fetchone()
+        outcomes = self.db.execute(
+            "SELECT outcome, COUNT(*) FROM outcomes WHERE run_id = ? GROUP BY outcome", (run_id,)
+        ).fetchall()
+        return {
+            "calls_attempted": attempted,
+            "calls_answered": answered,
+            "asr": answered / attempted if attempted else None,
+            "mos_mean": mos[0],
+            "mos_min": mos[1],
+            "outcomes": {r[0]: r[1] for r in outcomes},
+        }
+
     def series(self, run_id: str) -> list[dict[str, Any]]:
         """Per-second series: endpoints by phase, active calls, MOS, jitter, loss, RTT."""
         rows = self.db.execute(
