@@ -12,7 +12,7 @@ and stdout and talks to it in length-prefixed pickle frames
 =====================  ===========================================================
 supervisor → shard     ``("config", AgentConfig)`` first, then ``("start", spec)``,
                        ``("cancel", run_id, reason)``, ``("close",)``
-shard → supervisor     ``("ready",)``, ``("items", [item, ...])`` batched every
+shard → supervisor     ``("ready", status)``, ``("items", [item, ...])`` batched every
                        :data:`FLUSH_INTERVAL_S`, ``("status", {...})`` every
                        :data:`STATUS_INTERVAL_S`, ``("started", assignment_id,
                        error | None)``, ``("cancelled", run_id)``, ``("closed",)``
@@ -156,7 +156,7 @@ async def _serve(factory_path: str) -> int:
         return 2
     config: AgentConfig = first[1]
     runner.backend = load_factory(factory_path)(config, runner.emit)
-    runner.send(("ready",))
+    runner.send(("ready", runner.status()))
     pump = asyncio.create_task(runner.pump())
     tasks: set[asyncio.Task[None]] = set()
     try:

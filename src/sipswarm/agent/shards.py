@@ -54,6 +54,7 @@ MAX_RESTARTS = 5
 def split_ports(port_range: tuple[int, int], count: int, index: int) -> tuple[int, int]:
     """The ``index``-th of ``count`` disjoint, even-aligned sub-ranges of ``port_range``."""
     low, high = port_range
+    low += low % 2  # RTP on even ports, RTCP on the odd one above (RFC 3550 11)
     size = (high - low + 1) // count
     size -= size % 2
     if size < 2:
@@ -311,7 +312,7 @@ class ShardedBackend:
     async def _read(self, shard: _Shard, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None
         handlers: dict[str, Callable[[_Shard, tuple[Any, ...]], None]] = {
-            "ready": lambda s, f: s.ready.set(),
+            "ready": self._on_ready,
             "status": self._on_status,
             "items": self._on_items,
             "started": self._on_started,
@@ -325,6 +326,10 @@ class ShardedBackend:
         code = await proc.wait()
         if proc is shard.proc:
             await self._on_death(shard, code)
+
+    def _on_ready(self, shard: _Shard, frame: tuple[Any, ...]) -> None:
+        shard.status = frame[1]
+        shard.ready.set()
 
     def _on_status(self, shard: _Shard, frame: tuple[Any, ...]) -> None:
         shard.status = frame[1]
