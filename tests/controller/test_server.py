@@ -341,3 +341,31 @@ def test_run_plan_exit_codes_and_outputs(tmp_path: Path) -> None:
         await silent.disconnect()
 
     with_controller(tmp_path, body)
+
+
+def test_hello_is_required_and_versioned(tmp_path: Path) -> None:
+    async def body(controller: Controller) -> None:
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        for first in (
+            {"type": "heartbeat", "ts": 1},
+            {
+                "type": "hello",
+                "protocol": 2,
+                "worker_id": "w",
+                "name": "n",
+                "version": "v",
+                "status": "ONLINE",
+                "capacity": {"max_endpoints": 1, "cpus": 1, "memory_mb": 1},
+            },
+        ):
+            ws = await connect(
+                controller.worker_url, additional_headers=headers, subprotocols=["sipswarm.v1"]
+            )  # type: ignore[list-item]
+            await ws.send(json.dumps(first))
+            reply = json.loads(await ws.recv())
+            assert reply["type"] == "error" and reply["in_reply_to"] == "hello"
+            await ws.wait_closed()
+            assert ws.close_code == 1008
+        assert controller.hub.workers == {}
+
+    with_controller(tmp_path, body)

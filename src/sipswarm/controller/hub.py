@@ -43,6 +43,7 @@ from websockets.http11 import Request, Response
 from sipswarm.controller.storage import Storage
 from sipswarm.errors import ConfigError
 from sipswarm.protocol import (
+    PROTOCOL_VERSION,
     SUBPROTOCOL,
     Ack,
     AssignResult,
@@ -214,6 +215,11 @@ class WorkerHub:
             detail = "; ".join(problems) or "the first frame must be hello"
             await self._send_raw(ws, dump_frame(ErrorFrame(in_reply_to="hello", detail=detail)))
             await ws.close(1008, "hello expected")
+            return None
+        if frame.protocol != PROTOCOL_VERSION:
+            detail = f"protocol {frame.protocol} is not supported; this controller speaks 1"
+            await self._send_raw(ws, dump_frame(ErrorFrame(in_reply_to="hello", detail=detail)))
+            await ws.close(1008, "unsupported protocol version")
             return None
         return await self._welcome(ws, frame)
 
