@@ -70,6 +70,12 @@ from sipswarm.protocol import (
 )
 
 log = structlog.get_logger("sipswarm.agent.supervisor")
+STATUS_TRANSITIONS: dict[WorkerStatus, frozenset[WorkerStatus]] = {
+    WorkerStatus.ONLINE: frozenset({WorkerStatus.ERROR, WorkerStatus.DRAINING}),
+    WorkerStatus.ERROR: frozenset({WorkerStatus.ONLINE, WorkerStatus.ERROR, WorkerStatus.DRAINING}),
+    WorkerStatus.DRAINING: frozenset(),  # final: the process exits after the drain
+}
+"""Legal status changes (OFFLINE is the controller's view, never the worker's)."""
 HELD_ASSIGNMENT_IDS = 10_000
 """How many assignment ids are remembered for idempotency after they finish."""
 
@@ -113,6 +119,12 @@ class Supervisor:
             "cancel": self._on_cancel,
             "drain": self._on_drain,
         }
+
+    def set_status(self, status: WorkerStatus, detail: str | None = None) -> None:
+        """Change status per :data:`STATUS_TRANSITIONS`; an illegal change raises InvalidState."""
+        if status not in STATUS_TRANSITIONS[self.status]:
+            raise InvalidState(f"worker status cannot go from {self.status} to {status}")
+        self.status, self.detail = status, detail
 
     def attach(self, backend: Backend) -> None:
         self._backend = backend
@@ -193,7 +205,7 @@ class Supervisor:
             self._orphan_timer = None
         self.media.reset()
         if self.status is WorkerStatus.ERROR:
-            self.status, self.detail = WorkerStatus.ONLINE, None
+            self.set_status(WorkerStatus.ONLINE)
 
     def session_ended(self) -> None:
         self.media.reset()
@@ -203,7 +215,7 @@ class Supervisor:
 
     def connect_failed(self, status_code: int | None, detail: str) -> None:
         if status_code in (401, 403) and self.status is not WorkerStatus.DRAINING:
-            self.status, self.detail = WorkerStatus.ERROR, detail
+            self.set_status(WorkerStatus.ERROR, detail)
 
     # ------------------------------------------------------------------ frame handlers
 
@@ -318,7 +330,7 @@ class Supervisor:
                 self._spawn(self._cancel_run(run_id, "terminated"))
             return
         log.info("draining", why=why)
-        self.status, self.detail = WorkerStatus.DRAINING, None
+        self.set_status(WorkerStatus.DRAINING)
         self._spawn(self._announce_status())
         self._stop.set()
 
