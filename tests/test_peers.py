@@ -75,12 +75,17 @@ def test_kamailio_extra_users_register(kamailio: Kamailio, tmp_path: Path) -> No
 # ---------------------------------------------------------------- SIPp UAS modes, raw over UDP
 
 
+# A Via below ours, as a proxy's INVITE has: the UAS must return it in every response,
+# including the 487 it sends after a CANCEL that carries only the top Via (RFC 3261 §9.2).
+LOWER_VIA = "Via: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bKlower;rport"
+
+
 def _invite(local: Address, target: Address, branch: str) -> bytes:
     sdp = "v=0\r\no=t 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
     sdp += "m=audio 40000 RTP/AVP 0\r\n"
     return (
         f"INVITE sip:service@{target[0]}:{target[1]} SIP/2.0\r\n"
-        f"Via: SIP/2.0/UDP {local[0]}:{local[1]};branch={branch}\r\n"
+        f"Via: SIP/2.0/UDP {local[0]}:{local[1]};branch={branch}\r\n{LOWER_VIA}\r\n"
         f"From: <sip:raw@127.0.0.1>;tag=raw1\r\nTo: <sip:service@{target[0]}>\r\n"
         f"Call-ID: {branch}@127.0.0.1\r\nCSeq: 1 INVITE\r\n"
         f"Contact: <sip:raw@{local[0]}:{local[1]}>\r\nMax-Forwards: 70\r\n"
@@ -166,6 +171,7 @@ def test_sipp_uas_modes_answer_a_raw_invite(sipp_uas: Callable[..., SippUas], mo
             await until(b"200", "CANCEL")
             terminated = await until(b"487")
             assert _header(terminated, "CSeq") == "1 INVITE"
+            assert LOWER_VIA.split(": ", 1)[1] in terminated.decode()
             ack = _in_dialog("ACK", t.local_address, target, branch, _header(terminated, "To"), 1)
             t.send(ack, target)
         await asyncio.sleep(0.2)
