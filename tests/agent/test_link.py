@@ -148,6 +148,9 @@ def test_bad_token_gets_401_status_error_and_slow_retries(tmp_path: Path) -> Non
             assert w.supervisor.status.value == "ERROR"
             assert "HTTP 401" in (w.supervisor.detail or "")
             assert not ctl.hellos
+            ctl.token = "wrong-token"  # the operator fixes the token on the controller side
+            await ctl.wait_for(lambda: ctl.hellos, timeout=3)
+            assert ctl.hellos[0]["status"] == "ONLINE" and w.supervisor.status.value == "ONLINE"
 
     run(scenario())
 

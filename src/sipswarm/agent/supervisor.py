@@ -107,6 +107,7 @@ class Supervisor:
         self.status = WorkerStatus.ONLINE
         self.detail: str | None = None
         self.counters = SupervisorCounters()
+        self._token_refused = False
         self._backend: Backend | None = None
         self._held: OrderedDict[str, _Held] = OrderedDict()
         self._orphan_timeout_s = config.timings.orphan_timeout_s
@@ -150,6 +151,9 @@ class Supervisor:
     # ------------------------------------------------------------------ link handler
 
     def hello(self) -> Hello:
+        if self.status is WorkerStatus.ERROR and self._token_refused:
+            self._token_refused = False  # built after a successful upgrade: the token is good
+            self.set_status(WorkerStatus.ONLINE)
         resume = self.stream.resume()
         return Hello(
             worker_id=self.config.worker_id,
@@ -215,6 +219,7 @@ class Supervisor:
 
     def connect_failed(self, status_code: int | None, detail: str) -> None:
         if status_code in (401, 403) and self.status is not WorkerStatus.DRAINING:
+            self._token_refused = True
             self.set_status(WorkerStatus.ERROR, detail)
 
     # ------------------------------------------------------------------ frame handlers
