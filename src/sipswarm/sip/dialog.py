@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sipmessage import Address, Parameters
+from sipmessage import Address
 
+from sipswarm.sip.fastparse import first_uri
 from sipswarm.sip.message import SipMessage
 from sipswarm.sip.request import RequestSpec, uri_destination
 
-__all__ = ["Dialog", "remote_target_from", "route_set_from", "without_tag"]
+__all__ = ["Dialog", "remote_target_from", "route_set_from"]
 
 Addr = tuple[str, int]
 
@@ -31,16 +32,10 @@ def route_set_from(msg: SipMessage, reverse: bool) -> list[str]:
     return routes
 
 
-def without_tag(address: Address) -> str:
-    """Address as a From/To value with its tag removed (the dialog adds its own)."""
-    params = {k: v for k, v in address.parameters.items() if k != "tag"}
-    return str(Address(address.uri, address.name, Parameters(**params)))
-
-
 def remote_target_from(msg: SipMessage) -> str | None:
     """URI of the first Contact, or None. Raises ValueError on bad syntax."""
-    contacts = msg.addresses("contact")
-    return str(contacts[0].uri) if contacts else None
+    value = msg.header("contact")
+    return first_uri(value) if value and value.strip() != "*" else None
 
 
 @dataclass(slots=True, eq=False)

@@ -29,8 +29,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from sipmessage import URI, Address, CSeq, Via
+from sipmessage import Address
 
+from sipswarm.sip.fastparse import TopVia, parse_cseq, parse_ruri, parse_tag, parse_top_via
 from sipswarm.sip.framing import MAX_MESSAGE_SIZE
 
 __all__ = [
@@ -72,6 +73,8 @@ MANDATORY = ("via", "from", "to", "call-id", "cseq")
 
 _FOLD = re.compile(rb"\r\n[ \t]+")  # RFC 3261 7.3.1: folding is equivalent to one SP
 _TOKEN = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~]+$")
+# RFC 3261 7.3.1: name, optional LWS, colon, LWS, value (trailing LWS dropped).
+_HEADER_LINE = re.compile(r"^([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*:[ \t]*(.*?)[ \t]*$", re.MULTILINE)
 _RPORT_EMPTY = re.compile(r";\s*rport(?=\s*(?:;|$))")
 # sipmessage's list parsers reject LWS before a separating comma (legal per RFC 3261
 # 7.3.1, RFC 4475 3.1.1.1); normalise it first.
@@ -111,19 +114,26 @@ class SipMessage:
     reason: str
     headers: dict[str, list[str]]
     body: bytes
-    via: list[Via]
+    top_via: TopVia
     call_id: str
     cseq: int
     from_tag: str | None
     to_tag: str | None
-    from_addr: Address
-    to_addr: Address
-    ruri: URI | None = None
+    ruri_scheme: str = ""
+    ruri_user: str | None = None
 
     @property
     def branch(self) -> str:
         """Top Via branch, '' when absent."""
-        return self.via[0].parameters.get("branch") or ""
+        return self.top_via.params.get("branch") or ""
+
+    def from_address(self) -> Address:
+        """From, fully parsed. Raises ValueError on bad syntax."""
+        return Address.parse(self.headers["from"][0])
+
+    def to_address(self) -> Address:
+        """To, fully parsed. Raises ValueError on bad syntax."""
+        return Address.parse(self.headers["to"][0])
 
     def header(self, name: str) -> str | None:
         """First raw value of header ``name`` (lower-case full name), or None."""
@@ -183,14 +193,21 @@ class _Reject(Exception):
 
 def _split_headers(lines: list[str]) -> dict[str, list[str]] | None:
     headers: dict[str, list[str]] = {}
-    for line in lines[1:]:
-        name, colon, value = line.partition(":")
-        name = name.strip()
-        if not colon or not _TOKEN.match(name):
-            return None
+    compact = COMPACT_FORMS
+    # One C-level regex pass over the header block; a line it cannot read (no
+    # colon, a name that is not a token) makes the counts differ.
+    pairs = _HEADER_LINE.findall("\n".join(lines[1:]))
+    if len(pairs) != len(lines) - 1:
+        return None
+    for name, value in pairs:
         key = name.lower()
-        key = COMPACT_FORMS.get(key, key)
-        headers.setdefault(key, []).append(value.strip())
+        if len(key) == 1:
+            key = compact.get(key, key)
+        values = headers.get(key)
+        if values is None:
+            headers[key] = [value]
+        else:
+            values.append(value)
     return headers
 
 
@@ -210,32 +227,24 @@ def _parse_typed(start: str, headers: dict[str, list[str]], body: bytes) -> SipM
     for name in MANDATORY:
         if not headers.get(name):
             raise _Reject(f"mandatory header {name} missing")
-    cseq = CSeq.parse(headers["cseq"][0])
-    if cseq.sequence > MAX_CSEQ:
-        raise _Reject(f"CSeq number {cseq.sequence} is not below 2**31")
+    number, method = parse_cseq(headers["cseq"][0])
+    if number > MAX_CSEQ:
+        raise _Reject(f"CSeq number {number} is not below 2**31")
     if len(headers["cseq"]) > 1 or len(headers["call-id"]) > 1:
         raise _Reject("more than one CSeq or Call-ID header")
-    via: list[Via] = []
-    for value in headers["via"]:
-        via.extend(Via.parse_many(_LIST_COMMA.sub(", ", value)))
-    from_addr = Address.parse(headers["from"][0])
-    to_addr = Address.parse(headers["to"][0])
-    body = _check_body(headers, body)
     msg = SipMessage(
         is_request=is_request,
-        method=cseq.method,
+        method=method,
         uri="",
         status=0,
         reason="",
         headers=headers,
-        body=body,
-        via=via,
+        body=_check_body(headers, body),
+        top_via=parse_top_via(headers["via"]),
         call_id=headers["call-id"][0],
-        cseq=cseq.sequence,
-        from_tag=from_addr.parameters.get("tag"),
-        to_tag=to_addr.parameters.get("tag"),
-        from_addr=from_addr,
-        to_addr=to_addr,
+        cseq=number,
+        from_tag=parse_tag(headers["from"][0]),
+        to_tag=parse_tag(headers["to"][0]),
     )
     if is_request:
         _fill_request(msg, parts)
@@ -274,7 +283,7 @@ def _fill_request(msg: SipMessage, parts: list[str]) -> None:
     msg.method = method
     msg.uri = uri
     if uri.startswith(("sip:", "sips:", "tel:")):
-        msg.ruri = URI.parse(uri)
+        msg.ruri_scheme, msg.ruri_user = parse_ruri(uri)
     elif ":" not in uri:
         raise _Reject(f"Request-URI {uri!r} has no scheme")
 

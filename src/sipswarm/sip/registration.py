@@ -217,7 +217,7 @@ class Registration:
     def _record_via(self, msg: SipMessage) -> None:
         # RFC 3581: what the registrar saw as our source address (NAT handling is
         # out of scope; the engine may report it).
-        params = msg.via[0].parameters
+        params = msg.top_via.params
         self.received = params.get("received")
         rport = params.get("rport")
         self.rport = int(rport) if rport and rport.isdigit() else None

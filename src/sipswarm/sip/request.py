@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field, replace
-
-from sipmessage import URI
+from functools import lru_cache
 
 from sipswarm.errors import ConfigError
 from sipswarm.sip.config import StackConfig
+from sipswarm.sip.fastparse import parse_host_port
 
 __all__ = ["ALLOW", "RequestSpec", "is_ip_literal", "uri_destination"]
 
@@ -85,8 +85,9 @@ class RequestSpec:
         return replace(self, cseq=self.cseq + 1)
 
 
+@lru_cache(maxsize=4096)
 def is_ip_literal(host: str) -> bool:
-    """True for an IPv4 address or a bracketed IPv6 reference."""
+    """True for an IPv4 address or a bracketed IPv6 reference (cached: hosts repeat)."""
     try:
         ipaddress.ip_address(host.strip("[]"))
     except ValueError:
@@ -103,15 +104,12 @@ def uri_destination(uri: str, transport: str, fallback: Address | None = None) -
     if text.startswith("<"):
         text = text[1 : text.find(">")]
     try:
-        parsed = URI.parse(text)
+        scheme, host, port, params = parse_host_port(text)
     except ValueError as exc:
         if fallback is not None:
             return fallback
         raise ConfigError(f"URI {uri!r} is not a valid SIP URI") from exc
-    host = parsed.host
-    maddr = parsed.parameters.get("maddr")
-    if maddr:
-        host = maddr
+    host = params.get("maddr") or host
     if not is_ip_literal(host):
         if fallback is not None:
             return fallback
@@ -119,5 +117,5 @@ def uri_destination(uri: str, transport: str, fallback: Address | None = None) -
             f"host {host!r} of {uri!r} is not an IP address: resolve it (RFC 3263) and "
             "pass destination=(ip, port)"
         )
-    secure = parsed.scheme == "sips" or transport == "tls"
-    return host.strip("[]"), parsed.port or (5061 if secure else 5060)
+    secure = scheme == "sips" or transport == "tls"
+    return host.strip("[]"), port or (5061 if secure else 5060)

@@ -75,6 +75,7 @@ KNOWN_METHODS = frozenset(
     {"REGISTER", "SUBSCRIBE", "NOTIFY", "MESSAGE", "REFER", "PRACK", "PUBLISH"}
 )
 DIALOG_ONLY = frozenset({"BYE", "INFO", "UPDATE", "PRACK"})
+ANY_USER = "\x00any"  # listeners key of listen_any (no SIP user can contain NUL)
 
 
 class SipStack:
@@ -125,6 +126,18 @@ class SipStack:
         self._listen(ep)
         return ep.contact[1:-1]
 
+    def listen_any(self, owner: Owner) -> None:
+        """Also route new INVITEs for any Request-URI user nobody listens on to ``owner``
+        (a service answering every call, e.g. ``sipswarm answer``); ``listen`` first."""
+        self._core.endpoint(owner)
+        self._core.listeners[ANY_USER] = owner
+
+    def adopt(self, call: Call, owner: Owner, contact_user: str) -> None:
+        """Hand an incoming ``call`` to another ``owner`` (created with ``contact_user``):
+        its later events go there. A service gives each call its own endpoint this way."""
+        self._core.endpoint(owner, contact_user)
+        call.owner = owner
+
     def contact_uri(self, owner: Owner) -> str:
         """The Contact URI at which ``owner`` can be called (PROTOCOL.md ``contact``)."""
         ep = self._core.endpoints.get(owner)
@@ -145,8 +158,9 @@ class SipStack:
         self._core.traced.discard(owner)
         if ep is None:
             return
-        if self._core.listeners.get(ep.contact_user) == owner:
-            del self._core.listeners[ep.contact_user]
+        for user in (ep.contact_user, ANY_USER):
+            if self._core.listeners.get(user) == owner:
+                del self._core.listeners[user]
         if ep.registration is not None:
             self._core.timers.cancel(ep.registration, "refresh")
 
@@ -371,9 +385,9 @@ class SipStack:
         # RFC 3261 18.2.2: over UDP, to the source IP ("received") and the Via port, or
         # the source port when the client asked for rport (RFC 3581 4); streams: back
         # on the connection the request came on.
-        if self.config.reliable or "rport" in msg.via[0].parameters:
+        if self.config.reliable or "rport" in msg.top_via.params:
             return remote
-        return remote[0], msg.via[0].port or 5060
+        return remote[0], msg.top_via.port or 5060
 
     def _receive_ack(self, msg: SipMessage, remote: Address, now: float) -> None:
         call = self._core.calls.get((msg.call_id, msg.to_tag or ""))
@@ -417,11 +431,13 @@ class SipStack:
         self, msg: SipMessage, key: tuple[str, ...], dest: Address, now: float
     ) -> None:
         core = self._core
-        user = msg.ruri.user if msg.ruri is not None else None
+        user = msg.ruri_user
         owner = core.listeners.get(user) if user is not None else None
+        if owner is None and msg.method == "INVITE":
+            owner = core.listeners.get(ANY_USER)
         self._seen(owner)
         txn = core.start_server(key, msg, dest, owner)
-        if msg.ruri is None or msg.ruri.scheme not in ("sip", "sips"):
+        if msg.ruri_scheme not in ("sip", "sips"):
             core.respond(txn, 416, "Unsupported URI Scheme", now)  # RFC 3261 8.2.2.1
             return
         if self._unsupported(msg, txn, now):
@@ -520,10 +536,11 @@ def _loose_route(uri: str) -> str:
 
 def _server_key(msg: SipMessage) -> tuple[str, ...]:
     """RFC 3261 17.2.3: branch + sent-by + method (ACK matches its INVITE)."""
-    via = msg.via[0]
+    via = msg.top_via
     method = "INVITE" if msg.method == "ACK" else msg.method
-    branch = msg.branch
+    branch = via.branch
     if branch.startswith(BRANCH_MAGIC):
         return (branch, via.host, str(via.port or ""), method)
     # RFC 2543 peers: Request-URI, From tag, Call-ID, CSeq number and top Via.
-    return ("2543", msg.uri, msg.from_tag or "", msg.call_id, str(msg.cseq), str(via), method)
+    sent_by = f"{via.host}:{via.port}"
+    return ("2543", msg.uri, msg.from_tag or "", msg.call_id, str(msg.cseq), sent_by, method)

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING
 
 from sipswarm.errors import InvalidState
 from sipswarm.sip.call import CallState
-from sipswarm.sip.dialog import Dialog, remote_target_from, route_set_from, without_tag
+from sipswarm.sip.dialog import Dialog, remote_target_from, route_set_from
+from sipswarm.sip.fastparse import strip_tag
 from sipswarm.sip.request import ALLOW
 from sipswarm.sip.session import SDP, Session
 
@@ -80,8 +81,8 @@ class UasCall(Session):
             call_id=msg.call_id,
             local_tag=local_tag,
             remote_tag=msg.from_tag or "",
-            local_uri=without_tag(msg.to_addr),
-            remote_uri=without_tag(msg.from_addr),
+            local_uri=strip_tag(msg.headers["to"][0]),
+            remote_uri=strip_tag(msg.headers["from"][0]),
             remote_target=target,
             route_set=route_set,
             remote_cseq=msg.cseq,

@@ -1,0 +1,140 @@
+"""Fast paths for the header values the stack reads on every message.
+
+sipmessage's typed parsers are thorough but cost 10-30 us per value (regexes
+plus whitespace normalisation per parameter). A load generator reads the top
+Via, the From/To tags, CSeq and the Request-URI user of every message, so
+these are matched here with one precompiled regex each for the forms real
+peers send; anything else (folded LWS, quoted parameters, IPv6 oddities, RFC
+4475 torture) falls back to sipmessage, which stays the authority on syntax:
+a value it rejects makes the message malformed.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from urllib.parse import unquote
+
+from sipmessage import URI, Address, CSeq, Parameters, Via
+
+__all__ = [
+    "TopVia",
+    "first_uri",
+    "parse_cseq",
+    "parse_host_port",
+    "parse_ruri",
+    "parse_tag",
+    "parse_top_via",
+    "strip_tag",
+]
+
+_TOKEN_CHARS = r"A-Za-z0-9\-.!%*_+`'~"
+_VIA = re.compile(
+    r"SIP/2\.0/([A-Za-z]+) ([A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\])(?::(\d{1,5}))?"
+    rf"((?:;[{_TOKEN_CHARS}]+(?:=[{_TOKEN_CHARS}:\[\]]+)?)*)\s*(?:,|$)"
+)
+_ADDR = re.compile(
+    rf'\s*(?:"(?:[^"\\]|\\.)*"\s*|[{_TOKEN_CHARS} ]*)<(sips?:[^<>\s"]*[A-Za-z0-9\]])>\s*'
+    rf"((?:;\s*[{_TOKEN_CHARS}]+(?:\s*=\s*[{_TOKEN_CHARS}]+)?\s*)*)$"
+)
+_TAG = re.compile(rf";\s*tag\s*=\s*([{_TOKEN_CHARS}]+)", re.IGNORECASE)
+_CSEQ = re.compile(r"\s*(\d{1,10})\s+([A-Za-z]+)\s*$")
+_SIP_URI = re.compile(
+    r"(sips?):(?:([A-Za-z0-9\-_.!~*'()&=+$,;?/%]+)(?::[A-Za-z0-9\-_.!~*'()&=+$,%]*)?@)?"
+    r"(?:[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?"
+    r"(?:;[A-Za-z0-9\-_.!~*'()%]+(?:=[A-Za-z0-9\-_.!~*'()%\[\]:/&+$]+)?)*"
+)
+_LIST_COMMA = re.compile(r"\s*,\s*")
+_HOST_PORT = re.compile(
+    r"(sips?):(?:[^@;?]*@)?([A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\])(?::(\d{1,5}))?((?:;[^;?]*)*)$"
+)
+
+
+@dataclass(slots=True)
+class TopVia:
+    """The top Via: where responses go and which transaction a message belongs to."""
+
+    transport: str
+    host: str
+    port: int | None
+    params: dict[str, str | None] = field(default_factory=dict)
+
+    @property
+    def branch(self) -> str:
+        return self.params.get("branch") or ""
+
+
+def parse_top_via(values: list[str]) -> TopVia:
+    """Top Via from the raw Via values. Raises ValueError on bad syntax."""
+    m = _VIA.match(values[0])
+    if m is not None:
+        params: dict[str, str | None] = {}
+        for item in m.group(4).split(";")[1:]:
+            key, eq, val = item.partition("=")
+            params[key] = val if eq else None
+        port = m.group(3)
+        return TopVia(m.group(1), m.group(2), int(port) if port else None, params)
+    vias = Via.parse_many(_LIST_COMMA.sub(", ", values[0]))
+    top = vias[0]
+    return TopVia(top.transport, top.host, top.port, dict(top.parameters))
+
+
+def parse_tag(value: str) -> str | None:
+    """The tag of a From/To value (validated). Raises ValueError on bad syntax."""
+    m = _ADDR.match(value)
+    if m is not None:
+        tag = _TAG.search(m.group(2))
+        return tag.group(1) if tag else None
+    return Address.parse(value).parameters.get("tag")
+
+
+def parse_cseq(value: str) -> tuple[int, str]:
+    """(number, method). Raises ValueError on bad syntax."""
+    m = _CSEQ.match(value)
+    if m is not None:
+        return int(m.group(1)), m.group(2)
+    cseq = CSeq.parse(value)
+    return cseq.sequence, cseq.method
+
+
+def parse_ruri(uri: str) -> tuple[str, str | None]:
+    """(scheme, user) of a sip/sips/tel Request-URI. Raises ValueError on bad syntax."""
+    m = _SIP_URI.fullmatch(uri)
+    if m is not None:
+        user = m.group(2)
+        return m.group(1), unquote(user) if user and "%" in user else user
+    parsed = URI.parse(uri)
+    return parsed.scheme, parsed.user
+
+
+def first_uri(value: str) -> str | None:
+    """URI text of the first address in a Contact/Route value. Raises ValueError."""
+    m = _ADDR.match(value)
+    if m is not None:
+        return m.group(1)
+    addresses = Address.parse_many(_LIST_COMMA.sub(", ", value))
+    return str(addresses[0].uri) if addresses else None
+
+
+def parse_host_port(uri: str) -> tuple[str, str, int | None, dict[str, str]]:
+    """(scheme, host, port, params) of a sip/sips URI. Raises ValueError."""
+    m = _HOST_PORT.match(uri)
+    if m is not None:
+        params: dict[str, str] = {}
+        for item in m.group(4).split(";")[1:]:
+            key, _, val = item.partition("=")
+            params[key.lower()] = val
+        port = m.group(3)
+        return m.group(1), m.group(2), int(port) if port else None, params
+    parsed = URI.parse(uri)
+    extra = {k.lower(): v or "" for k, v in parsed.parameters.items()}
+    return parsed.scheme, parsed.host, parsed.port, extra
+
+
+def strip_tag(value: str) -> str:
+    """A From/To value without its tag, for a dialog's local/remote URI. Raises ValueError."""
+    if _ADDR.match(value) is not None:
+        return _TAG.sub("", value).strip()
+    address = Address.parse(value)
+    params = {k: v for k, v in address.parameters.items() if k != "tag"}
+    return str(Address(address.uri, address.name, Parameters(**params)))
