@@ -2,7 +2,8 @@
 
 Traffic goes A -> lossy FIFO relay -> B and B -> A directly; tshark captures
 what arrives at both RTP ports. Packet counts and loss must be equal and the
-maximum interarrival jitter within 5 % of tshark's (`-z rtp,streams`).
+maximum interarrival jitter of the relayed stream within 5 % of tshark's
+(`-z rtp,streams`); the direct stream's sub-millisecond jitter within 0.15 ms.
 """
 
 from __future__ import annotations
@@ -136,7 +137,11 @@ def test_counts_loss_and_jitter_match_tshark(tmp_path: Path) -> None:
             assert recv.packets_received == pkts
             assert recv.packets_lost == lost
             ours = recv.jitter_max * 1000 / 8000
-            assert ours == pytest.approx(jitter_max_ms, rel=0.05, abs=0.05)
+            if receiver is b:  # through the stalling relay: jitter of several ms, within 5 %
+                assert ours == pytest.approx(jitter_max_ms, rel=0.05)
+            else:  # direct: sub-ms jitter, where our read time differs from the capture
+                # time by the loop's dispatch delay (tens of µs): compare absolutely
+                assert ours == pytest.approx(jitter_max_ms, abs=0.15)
         assert b.recv_stats.packets_lost == expected_loss(relay.log) > 0
         assert b.recv_stats.jitter_max * 1000 / 8000 > 5.0  # the stalls show
         await engine.close()

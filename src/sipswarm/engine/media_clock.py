@@ -214,6 +214,7 @@ class MediaClock:
         self._handle = self._loop.call_later(max(0.0, self._deadline - now), self._on_timer)
 
     def _on_timer(self) -> None:
+        """Run every tick due by now, then go back to the loop (receives wait meanwhile)."""
         now = time.monotonic()
         self.loop_lag.record(now - self._deadline)
         due = self._t0 + self._n * self.tick
@@ -222,12 +223,14 @@ class MediaClock:
             self.skipped_ticks += behind
             self._n += behind
             due = self._t0 + self._n * self.tick
-        while due <= now + self.early:
+        # only the ticks due at entry: re-reading the clock here would let a saturated
+        # process spiral (each catch-up tick makes the next one due) and starve I/O
+        horizon = now + self.early
+        while due <= horizon:
             self._run_tick(self._n, due)
             self._n += 1
             due += self.tick
-            now = time.monotonic()
-        self._arm(now)
+        self._arm(time.monotonic())
 
     def _run_tick(self, n: int, due: float) -> None:
         """Send every stream whose slot is ``n``; measure each send against ``due``."""

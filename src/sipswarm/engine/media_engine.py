@@ -106,9 +106,10 @@ class MediaEngine:
             rand=self._rand,
         )
         try:
-            await session.open_transports(dscp)
+            session.open_sockets(dscp)
         except BaseException:
-            self.pool.release_port(alloc.port)
+            session.stop()
+            self.pool.release(alloc)
             self._ssrcs.discard(session.ssrc)
             raise
         self.sessions.add(session)
@@ -122,7 +123,7 @@ class MediaEngine:
             self.sessions.discard(session)
             self.clock.remove_chore(session.tick_second)
             self._ssrcs.discard(session.ssrc)
-            self.pool.release_port(session.local_port)
+            self.pool.release(session.allocation)
 
     def take_clock_stats(self) -> ClockStats:
         """Send lateness and loop lag since the last call (reset on read)."""

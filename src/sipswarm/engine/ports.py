@@ -104,18 +104,10 @@ class PortPool:
         )
 
     def release(self, alloc: PortAllocation) -> None:
-        """Close both sockets (never wrapped in a transport) and return the pair to the pool."""
+        """Close both sockets and return the pair to the pool (stop reading them first)."""
         alloc.rtp_sock.close()
         alloc.close_rtcp()
         self._in_use.discard(alloc.port)
-
-    def release_port(self, port: int) -> None:
-        """Return a pair whose sockets belong to transports (they close them) to the pool.
-
-        The event loop closes a transport's socket on a later turn; until then
-        a new bind on the port fails and :meth:`allocate` simply moves on.
-        """
-        self._in_use.discard(port)
 
     def _bind_pair(self, port: int) -> PortAllocation | None:
         rtp = self._bind(port)

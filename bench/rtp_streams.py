@@ -1,0 +1,177 @@
+"""Benchmark: N concurrent bidirectional G.711 streams in one process, on one media clock.
+
+Each of the N streams is one call leg (one RtpSession, its own socket) that
+sends 50 packets/s of PCMU (172-byte packets, 20 ms ptime) and receives 50
+packets/s from its partner leg in the same process (legs 2i and 2i+1 talk to
+each other over 127.0.0.1). So N = 1000 means 50,000 packets/s sent and
+50,000 received by one Python process.
+
+For every N the benchmark opens the sessions, lets them run one second, then
+measures for ``--seconds``: CPU of this process (user + system, % of one
+core) and of the whole machine (the kernel's loopback delivery partly runs
+in ksoftirqd, outside this process), CPU per stream and per packet, send lateness against the media
+clock's schedule (p50/p99/max), event-loop lag (p99), skipped clock ticks,
+and, after the senders stop and the last packets drain, receive loss
+(packets a partner sent that never arrived). It prints a markdown table and
+writes it with ``--output``.
+
+A benchmark, not a test: figures depend on what else runs on the machine.
+
+    python bench/rtp_streams.py --streams 250,500,1000,2000 --seconds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+
+import psutil
+
+from sipswarm.engine.media_engine import MediaEngine
+from sipswarm.engine.rtp_session import RtpSession
+from sipswarm.media.codecs import codec_by_name
+from sipswarm.media.sources import get_source
+
+LOCAL = "127.0.0.1"
+
+
+@dataclass
+class Result:
+    streams: int
+    seconds: float
+    cpu_pct: float
+    machine_pct: float
+    cpu_us_per_packet: float
+    lateness_p50_ms: float | None
+    lateness_p99_ms: float | None
+    lateness_max_ms: float | None
+    loop_lag_p99_ms: float | None
+    skipped_ticks: int
+    sent: int
+    received: int
+    lost: int
+
+    def row(self) -> str:
+        def f(v: float | None) -> str:
+            return "-" if v is None else f"{v:.2f}"
+
+        per_stream = self.cpu_pct / self.streams
+        return (
+            f"| {self.streams} | {self.cpu_pct:.1f} | {self.machine_pct:.0f} | {per_stream:.3f} | "
+            f"{self.cpu_us_per_packet:.1f} | {f(self.lateness_p50_ms)} | "
+            f"{f(self.lateness_p99_ms)} | {f(self.lateness_max_ms)} | "
+            f"{f(self.loop_lag_p99_ms)} | {self.skipped_ticks} | {self.sent} | "
+            f"{self.received} | {self.lost} |"
+        )
+
+
+HEADER = (
+    "| streams | CPU % of one core | machine busy % (200 = 2 cores) | CPU % per stream | "
+    "CPU µs per packet (tx+rx) | "
+    "lateness p50 ms | lateness p99 ms | lateness max ms | loop lag p99 ms | skipped ticks | "
+    "packets sent | packets received | lost |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def _machine_busy() -> float:
+    """Busy CPU seconds of the whole machine, all cores (softirq included: on loopback
+    the kernel's receive work often runs in ksoftirqd, outside this process's CPU time)."""
+    t = psutil.cpu_times()
+    return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
+
+
+async def run_one(n: int, seconds: float, port_range: tuple[int, int]) -> Result:
+    """Open ``n`` legs in pairs, run them, measure, close."""
+    engine = MediaEngine(port_range, rand=random.Random(n))
+    engine.start()
+    codec = codec_by_name("PCMU")
+    source = get_source("tone", {"frequency_hz": 1000}, codec, 20)
+    legs: list[RtpSession] = [await engine.open_session(codec, 20, source) for _ in range(n)]
+    for i in range(0, n - 1, 2):
+        a, b = legs[i], legs[i + 1]
+        a.start((LOCAL, b.local_port), (LOCAL, b.local_rtcp_port))
+        b.start((LOCAL, a.local_port), (LOCAL, a.local_rtcp_port))
+    await asyncio.sleep(1.0)  # warm-up: every stream in its slot
+    engine.take_clock_stats()
+    sent0 = sum(s.send_stats.packets_sent for s in legs)
+    recv0 = sum(s.recv_stats.packets_received for s in legs)
+    cpu0, wall0, busy0 = time.process_time(), time.monotonic(), _machine_busy()
+    await asyncio.sleep(seconds)
+    cpu1, wall1, busy1 = time.process_time(), time.monotonic(), _machine_busy()
+    sent1 = sum(s.send_stats.packets_sent for s in legs)
+    recv1 = sum(s.recv_stats.packets_received for s in legs)
+    clock = engine.take_clock_stats()
+    for s in legs:
+        s.set_sending(False)
+    await asyncio.sleep(0.5)  # drain
+    lost = 0
+    for i in range(0, n - 1, 2):
+        a, b = legs[i], legs[i + 1]
+        lost += a.send_stats.packets_sent - b.recv_stats.packets_received
+        lost += b.send_stats.packets_sent - a.recv_stats.packets_received
+    await engine.close()
+    wall = wall1 - wall0
+    packets = (sent1 - sent0) + (recv1 - recv0)
+    return Result(
+        streams=n,
+        seconds=wall,
+        cpu_pct=100 * (cpu1 - cpu0) / wall,
+        machine_pct=100 * (busy1 - busy0) / wall,
+        cpu_us_per_packet=1e6 * (cpu1 - cpu0) / max(packets, 1),
+        lateness_p50_ms=clock.lateness_p50_ms,
+        lateness_p99_ms=clock.lateness_p99_ms,
+        lateness_max_ms=clock.lateness_max_ms,
+        loop_lag_p99_ms=clock.loop_lag_p99_ms,
+        skipped_ticks=clock.skipped_ticks,
+        sent=sent1 - sent0,
+        received=recv1 - recv0,
+        lost=lost,
+    )
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--streams", default="250,500,1000,2000", help="comma-separated N values")
+    p.add_argument("--seconds", type=float, default=10.0, help="measured window per N")
+    p.add_argument("--port-range", default="20000-29999", help="RTP ports, e.g. 20000-29999")
+    p.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
+    p.add_argument("--output", help="write the markdown table to this file")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    low, high = (int(x) for x in args.port_range.split("-"))
+    counts = [int(x) for x in args.streams.split(",")]
+    if args.loop == "uvloop":
+        import uvloop
+
+        runner = uvloop.run
+    else:
+        runner = asyncio.run
+    lines = [
+        f"`{' '.join(['python', 'bench/rtp_streams.py', *sys.argv[1:]])}` "
+        f"({args.loop}, {os.cpu_count()} CPUs, load average before: "
+        f"{', '.join(f'{x:.2f}' for x in os.getloadavg())})",
+        "",
+        HEADER,
+    ]
+    print("\n".join(lines), flush=True)
+    for n in counts:
+        result = runner(run_one(n, args.seconds, (low, high)))
+        lines.append(result.row())
+        print(result.row(), flush=True)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as fh:
+            fh.write("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
