@@ -117,6 +117,7 @@ def test_every_problem_is_listed_with_path_fix_and_endpoint() -> None:
         "endpoints[4].actions[0].digits must be 1-64 of 0-9 * # A-D for dtmf, got 'x'",
         "endpoints[4].actions[0].at_s 40.0 comes after the call ends (call.duration_s 30.0)",
         "endpoints[4].actions[1].at_s or on: exactly one of them must be set",
+        "endpoints[4].actions[1].do 'hold' needs re-INVITE, which this worker does not send",
         "settings.trace must be 'all', 'failures' or 'none', got \"verbose\"",
     ]
     for line in expected:

@@ -78,6 +78,8 @@ class CallSpec:
     duration_s: float
     ring_timeout_s: float
     answer_delay_ms: int
+    idle_timeout_s: float | None = None
+    """Worker extension: a receiver not called within it ends TIMEOUT (docs/protocol.md)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,6 +320,28 @@ def _action_problems(action: Action, ep: AssignEndpoint) -> list[str]:
     return out
 
 
+def _check_supported(ep: AssignEndpoint, held: Collection[str]) -> list[str]:
+    # What this worker's engine does not run yet: refused, never silently downgraded.
+    out = []
+    if ep.media.srtp is not SrtpMode.OFF:
+        out.append(
+            f"media.srtp {ep.media.srtp.value!r} is not supported by this worker yet; use 'off'"
+        )
+    if ep.registrar.transport is Transport.WSS:
+        out.append("registrar.transport 'wss' is not supported by this worker yet; use udp/tcp/tls")
+    for i, action in enumerate(ep.actions):
+        if action.do in (ActionKind.HOLD, ActionKind.RESUME):
+            out.append(
+                f"actions[{i}].do {action.do.value!r} needs re-INVITE, which this worker "
+                "does not send yet; remove the action"
+            )
+        elif action.on is not None:
+            out.append(
+                f"actions[{i}].on {action.on.value!r} is not supported by this worker yet; use at_s"
+            )
+    return out
+
+
 _ENDPOINT_CHECKS: tuple[EndpointCheck, ...] = (
     _check_call,
     _check_codecs,
@@ -325,6 +349,7 @@ _ENDPOINT_CHECKS: tuple[EndpointCheck, ...] = (
     _check_source,
     _check_registrar,
     _check_actions,
+    _check_supported,
 )
 
 
@@ -348,7 +373,13 @@ def _to_spec(ep: AssignEndpoint) -> EndpointSpec:
         ),
         call=None
         if call is None
-        else CallSpec(call.target, call.duration_s, call.ring_timeout_s, call.answer_delay_ms),
+        else CallSpec(
+            call.target,
+            call.duration_s,
+            call.ring_timeout_s,
+            call.answer_delay_ms,
+            call.idle_timeout_s,
+        ),
         media=MediaSpec(
             codecs=tuple(_CODECS_BY_LOWER[c.lower()] for c in m.codecs),
             ptime_ms=m.ptime_ms,

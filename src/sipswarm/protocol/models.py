@@ -341,6 +341,8 @@ class CallSettings(_Wire):
     duration_s: Annotated[float, AfterValidator(_between(0.1, 86400))] = 30.0
     ring_timeout_s: Annotated[float, AfterValidator(_between(1, 600))] = 30.0
     answer_delay_ms: Annotated[int, AfterValidator(_between(0, 600000))] = 0
+    # worker extension (docs/protocol.md): how long a receiver waits to be called
+    idle_timeout_s: Annotated[float, AfterValidator(_between(1, 86400))] | None = None
 
 
 class MediaSource(_Wire):

@@ -1,0 +1,723 @@
+"""One endpoint: a phone that registers, calls or answers, sends RTP, and reports.
+
+Theory of operation
+-------------------
+An :class:`Endpoint` is an event-driven object, not a coroutine: its SIP
+runtime delivers stack events to :meth:`Endpoint.on_sip_event`, which picks
+one handler per event type from a dict (STYLE.md rule 10); its timers
+(answer delay, call duration, idle timeout) are entries in the engine's one
+:class:`~sipswarm.engine.scheduler.Scheduler` heap. Why not a coroutine per
+endpoint: thousands of endpoints spend nearly all their life waiting for a
+message or a deadline, and an object costs a few hundred bytes where a
+suspended coroutine with its frames and futures costs kilobytes and a task
+switch per event. The only coroutines are the short set-up steps that must
+await (DNS, binding sockets): :meth:`_start` and :meth:`_open_media`.
+
+Life (PROTOCOL.md phases, forward only, :data:`~.outcomes.PHASE_TRANSITIONS`)::
+
+    INITIALIZING  resolve the registrar/target, attach to a SIP runtime
+    REGISTERED    2xx to REGISTER (or listening, register: false): item has contact
+    CALLING       caller: INVITE sent / receiver: INVITE received
+    RINGING       first 180/183 received / 180 sent
+    NEGOTIATING   2xx received, answer applied / 2xx sent, ACK awaited
+    INCALL        ACK sent / received, RTP started; hang up after call.duration_s
+    DISCONNECTING BYE or CANCEL sent or received, or unregistering
+    CLOSED        nothing left on the wire: ``outcome`` item, then forgotten
+
+A caller places exactly one call. A receiver answers one call (a second
+concurrent INVITE gets 486) and gives up with TIMEOUT if nobody calls within
+its idle timeout. A *service* receiver (``sipswarm answer``) never takes a
+call itself: each INVITE is adopted by a child endpoint made by the host,
+so every call still has its own forward-only phases.
+
+Outcome: the worst of everything that happened (:class:`~.outcomes.OutcomeState`);
+the mapping from the wire is in :mod:`sipswarm.engine.outcomes`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
+
+from sipswarm.agent.assignment import CallSpec, EndpointSpec
+from sipswarm.engine.outcomes import (
+    LOSS_WARNING_FRACTION,
+    OutcomeState,
+    call_item,
+    check_transition,
+    outcome_for_call_failure,
+)
+from sipswarm.engine.resolver import ServerTarget, SipResolver
+from sipswarm.engine.rtp_session import RtpSession
+from sipswarm.engine.scheduler import ScheduledCall, Scheduler
+from sipswarm.engine.sip_runtime import SipRuntime
+from sipswarm.engine.switchable import SwitchableCodec, SwitchableSource
+from sipswarm.engine.transport import TransportError
+from sipswarm.errors import NegotiationError, ResolutionError, ResourceError, SipswarmError
+from sipswarm.media.codecs import Codec, codec_by_name
+from sipswarm.media.sdp import (
+    LocalMedia,
+    NegotiatedMedia,
+    SdpError,
+    SessionDescription,
+    answered_media,
+    apply_answer,
+    build_answer,
+    build_offer,
+    parse_sdp,
+)
+from sipswarm.protocol import Outcome, Phase, Role, TraceMode
+from sipswarm.sip.call import Call
+from sipswarm.sip.config import Account
+from sipswarm.sip.events import (
+    CallAnswered,
+    CallConfirmed,
+    CallEnded,
+    CallFailed,
+    CallProgress,
+    CallTeardownFailed,
+    Event,
+    IncomingCall,
+    RegistrationFailed,
+    RegistrationSucceeded,
+    TraceRecord,
+    Unregistered,
+)
+from sipswarm.sip.stack import SipStack
+
+__all__ = ["DEFAULT_CALL", "DEFAULT_IDLE_TIMEOUT_S", "Endpoint", "EndpointHost"]
+
+#: A receiver's call settings when the assignment gives none.
+DEFAULT_CALL = CallSpec(target=None, duration_s=30.0, ring_timeout_s=30.0, answer_delay_ms=0)
+#: How long a receiver waits to be called when ``call.idle_timeout_s`` is absent.
+DEFAULT_IDLE_TIMEOUT_S = 300.0
+
+
+class EndpointHost(Protocol):
+    """What the engine gives its endpoints (see :class:`~.engine.EndpointEngine`)."""
+
+    loop: asyncio.AbstractEventLoop
+    scheduler: Scheduler
+    resolver: SipResolver
+    sdp_address: str
+
+    def emit(self, item: dict[str, Any]) -> None: ...
+
+    def epoch_ms(self, t: float | None) -> int | None: ...
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]: ...
+
+    async def runtime_for(self, endpoint: Endpoint, transport: str) -> SipRuntime: ...
+
+    def release_runtime(self, endpoint: Endpoint, runtime: SipRuntime) -> None: ...
+
+    async def open_media(
+        self, endpoint: Endpoint, codec: SwitchableCodec, source: SwitchableSource
+    ) -> RtpSession: ...
+
+    def source_for(self, endpoint: Endpoint, codec: Codec) -> Any: ...
+
+    def close_media(self, session: RtpSession) -> None: ...
+
+    def adopt_call(self, service: Endpoint, event: IncomingCall) -> None: ...
+
+    def endpoint_closed(self, endpoint: Endpoint) -> None: ...
+
+
+class Endpoint:
+    """One assigned endpoint. Next: :meth:`start` (at its start time), :meth:`cancel`."""
+
+    def __init__(
+        self,
+        host: EndpointHost,
+        spec: EndpointSpec,
+        run_id: str,
+        trace: TraceMode,
+        *,
+        service: bool = False,
+    ) -> None:
+        self.host = host
+        self.spec = spec
+        self.run_id = run_id
+        self.key = (run_id, spec.endpoint_id)
+        self.trace = trace
+        self.service = service
+        self.call_spec = spec.call or DEFAULT_CALL
+        self.phase: Phase | None = None
+        self.result = OutcomeState()
+        self.account = Account(
+            spec.account.username,
+            spec.registrar.domain,
+            spec.account.password or "",
+            spec.account.auth_username,
+            spec.account.realm,
+            spec.account.display_name,
+        )
+        self.codecs = [codec_by_name(c) for c in spec.media.codecs]
+        self.runtime: SipRuntime | None = None
+        self.target: ServerTarget | None = None
+        self.call: Call | None = None
+        self.session: RtpSession | None = None
+        self.codec: SwitchableCodec | None = None
+        self.source: SwitchableSource | None = None
+        self.offer: SessionDescription | None = None
+        self.registered = False
+        self.unregistering = False
+        self.closed = False
+        self.cancelled = False
+        self.contact: str | None = None
+        self._final_ts: float | None = None
+        self.first_rtp_ts: int | None = None
+        self.negotiated: NegotiatedMedia | None = None
+        self._call_reported = False
+        self._timers: dict[str, ScheduledCall] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._traces: list[dict[str, Any]] = []
+        self.on_closed: Callable[[Endpoint], None] | None = None
+
+    @property
+    def endpoint_id(self) -> str:
+        return self.spec.endpoint_id
+
+    # -- phases and items -------------------------------------------------------------
+    def _go(self, phase: Phase, now: float, **extra: Any) -> None:
+        """Move to ``phase`` (InvalidState if it is not later) and emit its item."""
+        check_transition(self.phase, phase, self.endpoint_id)
+        self.phase = phase
+        item = {
+            "kind": "phase",
+            "run_id": self.run_id,
+            "endpoint_id": self.endpoint_id,
+            "ts": self.host.epoch_ms(now),
+            "phase": phase.value,
+        }
+        item.update(extra)
+        self.host.emit(item)
+
+    def _advance(self, phase: Phase, now: float) -> None:
+        """:meth:`_go` unless the endpoint is already at or past ``phase``."""
+        if self.phase is None or phase.order > self.phase.order:
+            self._go(phase, now)
+
+    def fail(self, outcome: Outcome, reason: str, code: int | None = None) -> None:
+        """Record a problem; the worst outcome wins (severity order)."""
+        self.result.offer(outcome, reason, code)
+
+    def metrics_entry(self) -> dict[str, Any]:
+        """This endpoint's part of a ``metrics`` item (media keys only once RTP started)."""
+        entry: dict[str, Any] = {
+            "endpoint_id": self.endpoint_id,
+            "phase": (self.phase or Phase.INITIALIZING).value,
+        }
+        session = self.session
+        if session is not None and session.state.value == "started":
+            entry.update(session.snapshot())
+        return entry
+
+    # -- start ------------------------------------------------------------------------
+    def start(self, now: float) -> None:
+        """Go INITIALIZING and begin (resolve, bind, register or listen)."""
+        self._go(Phase.INITIALIZING, now)
+        self._task = self.host.spawn(self._start())
+
+    async def _start(self) -> None:
+        spec, host = self.spec, self.host
+        try:
+            self.target = await self._resolve()
+            runtime = await host.runtime_for(self, self.target.transport.lower())
+        except ResolutionError as exc:
+            outcome = (
+                Outcome.REGISTRATION_FAILED if spec.registrar.register else Outcome.CALL_FAILED
+            )
+            return self._abort(outcome, str(exc))
+        except (ResourceError, OSError) as exc:
+            return self._abort(Outcome.OSERROR, f"cannot open a SIP socket: {exc}")
+        except SipswarmError as exc:
+            return self._abort(Outcome.CALL_FAILED, str(exc))
+        if self.cancelled:
+            host.release_runtime(self, runtime)
+            return self._closed(host.loop.time())
+        self.runtime = runtime
+        runtime.attach(self.key, self)
+        stack = self._stack()
+        if self.trace is not TraceMode.NONE:
+            stack.set_trace(self.key)
+        now = host.loop.time()
+        if spec.registrar.register:
+            stack.register(
+                self.key,
+                self.account,
+                None,
+                spec.registrar.expires_s,
+                now,
+                destination=self.target.address,
+                route=self._proxy_uri(),
+            )
+            runtime.flush()
+            return
+        self._reachable(stack.listen(self.key, self.account.username), now)
+
+    async def _resolve(self) -> ServerTarget:
+        r = self.spec.registrar
+        transport = "auto" if r.transport.value == "auto" else r.transport.value
+        proxy = self._proxy_uri()
+        if proxy is not None:
+            targets = await self.host.resolver.resolve_uri(proxy)
+        elif r.register or r.host:
+            targets = await self.host.resolver.resolve(r.host or r.domain, r.port, transport)
+        else:  # a direct call: to the target's host (RFC 3263)
+            uri = self.call_spec.target or f"sip:{r.domain}"
+            targets = await self.host.resolver.resolve_uri(uri)
+        return targets[0]
+
+    def _proxy_uri(self) -> str | None:
+        proxy = self.spec.registrar.outbound_proxy
+        if proxy is None:
+            return None
+        return proxy if proxy.startswith(("sip:", "sips:")) else f"sip:{proxy}"
+
+    def _stack(self) -> SipStack:
+        if self.runtime is None or self.runtime.stack is None:
+            raise SipswarmError(f"endpoint {self.endpoint_id} has no SIP runtime yet")
+        return self.runtime.stack
+
+    def _abort(self, outcome: Outcome, reason: str, code: int | None = None) -> None:
+        self.fail(outcome, reason, code)
+        self._teardown(self.host.loop.time())
+
+    def _reachable(self, contact: str, now: float) -> None:
+        self.contact = contact
+        self._go(Phase.REGISTERED, now, contact=contact)
+        if self.cancelled:
+            self._teardown(now)
+        elif self.service:
+            self._stack().listen_any(self.key)
+        elif self.spec.role is Role.CALLER:
+            self._task = self.host.spawn(self._place_call())
+        else:
+            idle = self.call_spec.idle_timeout_s or DEFAULT_IDLE_TIMEOUT_S
+            self._timer("idle", idle, self._idle_timeout)
+
+    # -- timers -----------------------------------------------------------------------
+    def _timer(self, name: str, delay: float, callback: Callable[[float], None]) -> None:
+        old = self._timers.pop(name, None)
+        if old is not None:
+            old.cancel()
+        self._timers[name] = self.host.scheduler.call_later(delay, callback)
+
+    def _cancel_timers(self) -> None:
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+
+    def _idle_timeout(self, now: float) -> None:
+        if self.call is None and not self.closed:
+            idle = self.call_spec.idle_timeout_s or DEFAULT_IDLE_TIMEOUT_S
+            self.fail(Outcome.TIMEOUT, f"receiver was not called within {idle:g} s")
+            self._teardown(now)
+
+    def _hang_up(self, now: float) -> None:
+        """call.duration_s is over (or a cancel): BYE, CANCEL or decline, whatever fits."""
+        call = self.call
+        if call is None or call.terminated or self.runtime is None:
+            return
+        self._advance(Phase.DISCONNECTING, now)
+        self._stack().hangup(call, now)
+        self.runtime.flush()
+
+    # -- media --------------------------------------------------------------------------
+    async def _open_media(self, codec: Codec) -> RtpSession:
+        self.codec = SwitchableCodec(codec)
+        self.source = SwitchableSource(self.host.source_for(self, codec))
+        session = await self.host.open_media(self, self.codec, self.source)
+        self.session = session
+        return session
+
+    def _local_media(self, port: int) -> LocalMedia:
+        return LocalMedia(
+            address=self.host.sdp_address,
+            port=port,
+            codecs=self.codecs,
+            ptime_ms=self.spec.media.ptime_ms,
+        )
+
+    def _start_media(self, media: NegotiatedMedia) -> None:
+        session, codec, source = self.session, self.codec, self.source
+        if session is None or codec is None or source is None:
+            return
+        if media.codec.rtp_clock_rate != codec.rtp_clock_rate:
+            raise NegotiationError(
+                f"answer chose {media.codec.rtpmap} but media was prepared at "
+                f"{codec.rtp_clock_rate} Hz for {codec.name}; list codecs of one clock rate"
+            )
+        if media.codec.name != codec.name:
+            codec.switch(media.codec)
+            source.switch(self.host.source_for(self, media.codec))
+        session.start(
+            media.remote_rtp,
+            media.remote_rtcp,
+            media.payload_type,
+            rtcp_mux=media.rtcp_mux,
+            send=media.sending,
+        )
+
+    def _stop_media(self) -> None:
+        session = self.session
+        if session is None:
+            return
+        started = session.state.value == "started"
+        if started and self.call is not None and self.call.answer_ts is not None:
+            recv = session.snapshot()["recv"]
+            lost, got = recv.get("packets_lost") or 0, recv.get("packets_received") or 0
+            if session.first_rtp_ts is None:
+                self.fail(Outcome.COMPLETED_WITH_WARNINGS, "call answered but no RTP was received")
+            elif lost > LOSS_WARNING_FRACTION * (lost + got):
+                self.fail(
+                    Outcome.COMPLETED_WITH_WARNINGS,
+                    f"RTP loss {lost} of {lost + got} packets, above {LOSS_WARNING_FRACTION:.0%}",
+                )
+        self.host.close_media(session)
+        self.first_rtp_ts = session.first_rtp_ts
+        self.session = None
+
+    # -- caller -------------------------------------------------------------------------
+    async def _place_call(self) -> None:
+        host = self.host
+        try:
+            session = await self._open_media(self.codecs[0])
+        except (ResourceError, OSError) as exc:
+            return self._abort(Outcome.OSERROR, f"cannot open RTP ports: {exc}")
+        if self.closed:
+            return self._stop_media()
+        if self.cancelled:
+            return self._teardown(host.loop.time())
+        now = host.loop.time()
+        self.offer = build_offer(
+            self._local_media(session.local_port), session_id=int(host.epoch_ms(now) or 0)
+        )
+        target = self.call_spec.target or ""
+        try:
+            self.call = self._stack().invite(
+                self.key,
+                self.account,
+                target,
+                self.offer.serialise(),
+                now,
+                route=self._proxy_uri(),
+                ring_timeout=self.call_spec.ring_timeout_s,
+                destination=self.target.address if self.target else None,
+            )
+        except SipswarmError as exc:
+            return self._abort(Outcome.CALL_FAILED, f"cannot call {target}: {exc}")
+        self._go(Phase.CALLING, now)
+        self._flush()
+
+    def _on_progress(self, ev: CallProgress) -> None:
+        if ev.code in (180, 183):
+            self._advance(Phase.RINGING, self.host.loop.time())
+
+    def _on_answered(self, ev: CallAnswered) -> None:
+        now = self.host.loop.time()
+        self._advance(Phase.NEGOTIATING, now)
+        self._final_ts = now
+        try:
+            if self.offer is None:
+                raise NegotiationError("2xx arrived for a call without an offer")
+            self._start_media(apply_answer(self.offer, parse_sdp(ev.sdp_answer)))
+        except (NegotiationError, SdpError) as exc:
+            self.fail(Outcome.NEGOTIATION_FAILED, f"SDP answer not usable: {exc}", 200)
+            self._hang_up(now)
+            return
+        self._in_call(now)
+
+    def _in_call(self, now: float) -> None:
+        self._go(Phase.INCALL, now)
+        self._timer("duration", self.call_spec.duration_s, self._hang_up)
+        if self.cancelled:
+            self._hang_up(now)
+
+    # -- receiver -----------------------------------------------------------------------
+    def _on_incoming(self, ev: IncomingCall) -> None:
+        now = self.host.loop.time()
+        if self.service and not self.cancelled:
+            self.host.adopt_call(self, ev)
+            return
+        if self.call is not None or self.spec.role is not Role.RECEIVER or self.cancelled:
+            self._stack().reject(ev.call, 486, now)  # one call per endpoint: busy
+            self._flush()
+            return
+        self.take_call(ev, now)
+
+    def take_call(self, ev: IncomingCall, now: float) -> None:
+        """Handle ``ev`` as this endpoint's one incoming call (also for adopted calls)."""
+        self.call = ev.call
+        old = self._timers.pop("idle", None)
+        if old is not None:
+            old.cancel()
+        self._go(Phase.CALLING, now)
+        try:
+            offer = parse_sdp(ev.sdp_offer)
+            # pick the codec first; the real port goes in once the session is bound
+            probe = build_answer(offer, self._local_media(9), session_id=0)
+            media = answered_media(offer, probe)
+        except (NegotiationError, SdpError) as exc:
+            self.fail(Outcome.NEGOTIATION_FAILED, f"offer not acceptable: {exc}", 488)
+            self._stack().reject(ev.call, 488, now, reason="Not Acceptable Here")
+            self._flush()
+            return
+        self._task = self.host.spawn(self._answer_incoming(offer, media.codec))
+
+    async def _answer_incoming(self, offer: SessionDescription, codec: Codec) -> None:
+        call = self.call
+        try:
+            session = await self._open_media(codec)
+        except (ResourceError, OSError) as exc:
+            self.fail(Outcome.OSERROR, f"cannot open RTP ports: {exc}", 503)
+            if call is not None and not call.terminated:
+                self._stack().reject(call, 503, self.host.loop.time())
+                self._flush()
+            return
+        if call is None or call.terminated or self.closed:
+            self._stop_media()  # cancelled while we bound the ports
+            return
+        now = self.host.loop.time()
+        answer = build_answer(offer, self._local_media(session.local_port), session_id=now_id(now))
+        self.negotiated = answered_media(offer, answer)
+        self._stack().ring(call, now)
+        self._go(Phase.RINGING, now)
+        self._flush()
+        delay = self.call_spec.answer_delay_ms / 1000
+        self._timer("answer", delay, lambda t: self._answer(answer.serialise(), t))
+
+    def _answer(self, sdp: bytes, now: float) -> None:
+        call = self.call
+        if call is None or call.terminated or self.closed:
+            return
+        self._stack().answer(call, sdp, now)
+        self._final_ts = now
+        self._go(Phase.NEGOTIATING, now)
+        self._flush()
+
+    def _on_confirmed(self, ev: CallConfirmed) -> None:
+        now = self.host.loop.time()
+        if self.negotiated is not None:
+            try:
+                self._start_media(self.negotiated)
+            except NegotiationError as exc:
+                self.fail(Outcome.NEGOTIATION_FAILED, str(exc), 200)
+                self._hang_up(now)
+                return
+        self._in_call(now)
+
+    # -- call end -----------------------------------------------------------------------
+    def _on_call_failed(self, ev: CallFailed) -> None:
+        now = self.host.loop.time()
+        self._final_ts = self._final_ts or now
+        code = ev.code
+        if self.cancelled and code in (487, 603):
+            self.fail(Outcome.CANCELLED, self.result.reason or "cancelled", code)
+        elif ev.call.direction == "out" and code == 487:
+            why = f"no answer within ring_timeout_s {self.call_spec.ring_timeout_s:g} s"
+            self.fail(Outcome.TIMEOUT, f"{why} (CANCEL sent, 487)", code)
+        elif ev.call.direction == "in" and ev.by == "remote":
+            self.fail(Outcome.CALL_FAILED, f"caller cancelled the call ({code})", code)
+        else:  # fail() keeps an earlier, worse outcome (e.g. our own 488)
+            outcome = outcome_for_call_failure(code)
+            self.fail(outcome, f"call failed: {code} {ev.reason}".strip(), code)
+        self._report_call()
+        self._teardown(now)
+
+    def _on_call_ended(self, ev: CallEnded) -> None:
+        now = self.host.loop.time()
+        self._advance(Phase.DISCONNECTING, now)
+        self._report_call()
+        self._teardown(now)
+
+    def _on_teardown_failed(self, ev: CallTeardownFailed) -> None:
+        now = self.host.loop.time()
+        self.fail(Outcome.TEARDOWN_ERROR, f"BYE failed: {ev.code} {ev.reason}".strip(), ev.code)
+        self._report_call()
+        self._teardown(now)
+
+    def _report_call(self) -> None:
+        call = self.call
+        if call is None or self._call_reported:
+            return
+        self._call_reported = True
+        self._stop_media()
+        self.host.emit(
+            call_item(
+                call,
+                self.run_id,
+                self.endpoint_id,
+                self.host.epoch_ms,
+                self.first_rtp_ts,
+                self._final_ts,
+            )
+        )
+
+    # -- registration -------------------------------------------------------------------
+    def _registration_item(self, code: int | None, ms: float | None, expires: int | None) -> None:
+        self.host.emit(
+            {
+                "kind": "registration",
+                "run_id": self.run_id,
+                "endpoint_id": self.endpoint_id,
+                "ts": self.host.epoch_ms(self.host.loop.time()),
+                "status_code": code,
+                "register_ms": None if ms is None else round(ms, 3),
+                "expires_granted_s": expires,
+            }
+        )
+
+    def _on_registered(self, ev: RegistrationSucceeded) -> None:
+        self._registration_item(ev.status_code, ev.register_ms, ev.expires_granted)
+        self.registered = True
+        if not ev.refresh and self.phase is Phase.INITIALIZING:
+            self._reachable(self._stack().contact_uri(self.key), self.host.loop.time())
+
+    def _on_registration_failed(self, ev: RegistrationFailed) -> None:
+        self._registration_item(ev.status_code, ev.register_ms, None)
+        reason = f"REGISTER failed: {ev.status_code} {ev.reason}".strip()
+        if ev.refresh and self.call is not None:
+            self.fail(Outcome.COMPLETED_WITH_WARNINGS, f"re-registration during the call: {reason}")
+            return
+        self.registered = False
+        self.fail(Outcome.REGISTRATION_FAILED, reason, ev.status_code)
+        if self.call is None or self.call.terminated:
+            self._teardown(self.host.loop.time())
+
+    def _on_unregistered(self, ev: Unregistered) -> None:
+        self._registration_item(ev.status_code, None, 0)
+        self.registered = False
+        if not 200 <= ev.status_code < 300:
+            self.fail(
+                Outcome.COMPLETED_WITH_WARNINGS,
+                f"unregister failed: {ev.status_code} {ev.reason}".strip(),
+            )
+        self._closed(self.host.loop.time())
+
+    # -- stack input --------------------------------------------------------------------
+    def on_sip_event(self, event: Event) -> None:
+        """Runtime callback: dispatch by event type (one handler per kind)."""
+        handler = _HANDLERS.get(type(event))
+        if handler is not None and not self.closed:
+            handler(self, event)
+
+    def on_trace(self, record: TraceRecord, runtime: SipRuntime) -> None:
+        """Runtime callback: one SIP message of this endpoint, as a ``trace`` item."""
+        item = {
+            "kind": "trace",
+            "run_id": self.run_id,
+            "endpoint_id": self.endpoint_id,
+            "ts": self.host.epoch_ms(record.ts),
+            "dir": record.dir,
+            "transport": runtime.name,
+            "local": runtime.local,
+            "remote": f"{record.remote[0]}:{record.remote[1]}",
+            "message": record.message.decode("utf-8", errors="replace"),
+        }
+        if self.trace is TraceMode.ALL:
+            self.host.emit(item)
+        else:
+            self._traces.append(item)
+
+    def on_transport_error(self, error: TransportError) -> None:
+        """Runtime callback (own socket only): the socket failed -> OSERROR, close."""
+        if not self.closed and error.kind in ("send", "connect", "closed"):
+            self.fail(Outcome.OSERROR, f"{error.transport} {error.kind} error: {error.reason}")
+            self.force_close(self.host.loop.time())
+
+    def _flush(self) -> None:
+        if self.runtime is not None:
+            self.runtime.flush()
+
+    # -- cancel and close ---------------------------------------------------------------
+    def cancel(self, reason: str, now: float) -> None:
+        """Run cancelled or orphaned: hang up, unregister, close as CANCELLED (or worse)."""
+        if self.closed:
+            return
+        self.cancelled = True
+        self.fail(Outcome.CANCELLED, f"cancelled: {reason}")
+        if self.phase is None:
+            self._closed(now)
+        elif self.call is not None and not self.call.terminated:
+            self._hang_up(now)
+        elif self.runtime is not None and self.phase.order >= Phase.REGISTERED.order:
+            self._teardown(now)
+        # else: still starting; _start/_place_call see `cancelled` and tear down
+
+    def _teardown(self, now: float) -> None:
+        """The call is over or never came: stop media, unregister if registered, close."""
+        if self.closed:
+            return
+        self._cancel_timers()
+        self._report_call()
+        self._stop_media()
+        if self.registered and not self.unregistering and self.runtime is not None:
+            self.unregistering = True
+            self._advance(Phase.DISCONNECTING, now)
+            self._stack().unregister(self.key, now)
+            self.runtime.flush()
+            return
+        if not self.unregistering:
+            self._closed(now)
+
+    def force_close(self, now: float) -> None:
+        """Close now whatever is pending (cancel deadline, dead socket)."""
+        if self.closed:
+            return
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        self._cancel_timers()
+        self._report_call()
+        self._stop_media()
+        self._closed(now)
+
+    def _closed(self, now: float) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._cancel_timers()
+        self._stop_media()
+        if self.runtime is not None:
+            self.runtime.detach(self.key)
+            self.host.release_runtime(self, self.runtime)
+        outcome, code, reason = self.result.final()
+        if outcome is not Outcome.SUCCESS:
+            for item in self._traces:
+                self.host.emit(item)
+        self._traces.clear()
+        self._go(Phase.CLOSED, now)
+        self.host.emit(
+            {
+                "kind": "outcome",
+                "run_id": self.run_id,
+                "endpoint_id": self.endpoint_id,
+                "ts": self.host.epoch_ms(now),
+                "outcome": outcome.value,
+                "final_code": code,
+                "reason": reason,
+            }
+        )
+        self.host.endpoint_closed(self)
+
+
+def now_id(now: float) -> int:
+    """An SDP session id from the clock (RFC 4566 5.2 suggests an NTP timestamp)."""
+    return int(now * 1000) & 0x7FFFFFFF
+
+
+_HANDLERS: dict[type, Callable[[Endpoint, Any], None]] = {
+    RegistrationSucceeded: Endpoint._on_registered,
+    RegistrationFailed: Endpoint._on_registration_failed,
+    Unregistered: Endpoint._on_unregistered,
+    IncomingCall: Endpoint._on_incoming,
+    CallProgress: Endpoint._on_progress,
+    CallAnswered: Endpoint._on_answered,
+    CallConfirmed: Endpoint._on_confirmed,
+    CallFailed: Endpoint._on_call_failed,
+    CallEnded: Endpoint._on_call_ended,
+    CallTeardownFailed: Endpoint._on_teardown_failed,
+}

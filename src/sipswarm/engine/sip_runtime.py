@@ -1,0 +1,219 @@
+"""A sans-I/O :class:`~sipswarm.sip.stack.SipStack` wired to one transport and one timer.
+
+Theory of operation
+-------------------
+:class:`SipRuntime` is the adapter of STYLE.md rules 2 and 3 for one SIP
+socket (UDP) or listener (TCP/TLS): every input goes into the stack with the
+loop's monotonic time, then :meth:`SipRuntime.flush` drains the stack —
+messages to the transport, events and trace records to the owner they name
+(a dict lookup, never a scan) — and re-arms the single
+:class:`~sipswarm.engine.timer.TimerSlot` at ``stack.get_timer()``.
+
+Owners (endpoints) attach with :meth:`attach` and implement
+:class:`RuntimeOwner`. An owner that acts on the stack (``invite``, ``bye``
+...) calls :meth:`flush` afterwards. ``flush`` is re-entrant: an owner that
+acts while handling an event only marks the runtime dirty, and the outer
+flush loops until the stack has nothing left, so output order is the
+stack's order.
+
+Transport errors: on a per-endpoint socket (``exclusive_owner`` set) every
+error goes to that owner (it becomes OSERROR); on a shared socket an error
+naming a remote address cannot be pinned on one endpoint, so it is only
+counted — the affected transactions time out in the stack and the owners
+see 408.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from sipswarm.engine.stream import StreamTransport
+from sipswarm.engine.timer import TimerSlot
+from sipswarm.engine.transport import Address, SipTransport, TransportError, UdpTransport
+from sipswarm.errors import ConfigError
+from sipswarm.sip.config import StackConfig, TimerConfig
+from sipswarm.sip.events import Event, MessageDropped, Owner, TraceRecord
+from sipswarm.sip.ids import IdFactory
+from sipswarm.sip.stack import SipStack
+
+__all__ = ["RuntimeOwner", "RuntimeSettings", "SipRuntime"]
+
+
+class RuntimeOwner(Protocol):
+    """What an endpoint implements to receive what its runtime drains."""
+
+    def on_sip_event(self, event: Event) -> None: ...
+
+    def on_trace(self, record: TraceRecord, runtime: SipRuntime) -> None: ...
+
+    def on_transport_error(self, error: TransportError) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeSettings:
+    """Where to bind and what to advertise.
+
+    ``transport`` is ``udp``, ``tcp`` or ``tls``; ``port`` 0 lets the kernel
+    choose. ``public_host`` goes into Via/Contact instead of the bound address
+    (NAT); ``advertised_host`` is the address to use when binding a wildcard
+    address without a public one.
+    """
+
+    transport: str
+    bind_host: str
+    port: int = 0
+    public_host: str | None = None
+    advertised_host: str | None = None
+    client_tls: ssl.SSLContext | None = None
+    server_tls: ssl.SSLContext | None = None
+    timers: TimerConfig = field(default_factory=TimerConfig)
+
+
+class SipRuntime:
+    """One stack on one transport. Build with ``await SipRuntime.open(...)``; see module doc."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, settings: RuntimeSettings) -> None:
+        self._loop = loop
+        self.settings = settings
+        self.stack: SipStack | None = None
+        self.transport: SipTransport | None = None
+        self._slot = TimerSlot(loop, self._on_timer)
+        self._owners: dict[Owner, RuntimeOwner] = {}
+        self.exclusive_owner: RuntimeOwner | None = None
+        self.unowned: Counter[str] = Counter()
+        self.transport_errors = 0
+        self._flushing = False
+        self._dirty = False
+        self.local = ""
+
+    @classmethod
+    async def open(
+        cls, loop: asyncio.AbstractEventLoop, settings: RuntimeSettings, ids: IdFactory
+    ) -> SipRuntime:
+        """Bind the transport and build the stack; ResourceError if the port is taken."""
+        runtime = cls(loop, settings)
+        kind = settings.transport
+        transport: SipTransport
+        if kind == "udp":
+            transport = await UdpTransport.open(
+                runtime.receive, runtime._on_error, settings.bind_host, settings.port
+            )
+        elif kind in ("tcp", "tls"):
+            tls = kind == "tls"
+            transport = await StreamTransport.open(
+                runtime.receive,
+                runtime._on_error,
+                settings.bind_host,
+                settings.port,
+                client_tls=settings.client_tls if tls else None,
+                server_tls=settings.server_tls if tls else None,
+            )
+            if tls and settings.client_tls is None:
+                transport.close()
+                raise ConfigError("transport tls needs a client TLS context (tls settings)")
+        else:
+            raise ConfigError(f"transport must be udp, tcp or tls, got {kind!r}")
+        host, port = transport.local_address
+        if host in ("0.0.0.0", "::"):
+            host = settings.advertised_host or "127.0.0.1"
+        runtime.transport = transport
+        runtime.local = f"{host}:{port}"
+        config = StackConfig(
+            host, port, kind, public_host=settings.public_host, timers=settings.timers
+        )
+        runtime.stack = SipStack(config, ids)
+        return runtime
+
+    @property
+    def name(self) -> str:
+        """Transport token as in Via (``UDP``, ``TCP``, ``TLS``)."""
+        return self.transport.name if self.transport is not None else "?"
+
+    def attach(self, owner: Owner, handler: RuntimeOwner) -> None:
+        """Send ``owner``'s events, traces (and transport errors if exclusive) to ``handler``."""
+        self._owners[owner] = handler
+
+    def detach(self, owner: Owner) -> None:
+        """Stop delivering to ``owner`` and let the stack forget it."""
+        self._owners.pop(owner, None)
+        if self.stack is not None:
+            self.stack.forget(owner)
+
+    @property
+    def owners(self) -> int:
+        return len(self._owners)
+
+    # -- input ----------------------------------------------------------------------
+    def receive(self, data: bytes, remote: Address) -> None:
+        """Transport callback: one whole SIP message."""
+        stack = self.stack
+        if stack is None:
+            return
+        stack.receive_message(data, remote, self._loop.time())
+        self.flush()
+
+    def _on_timer(self, now: float) -> None:
+        if self.stack is not None:
+            self.stack.handle_timer(now)
+            self.flush()
+
+    def _on_error(self, error: TransportError) -> None:
+        self.transport_errors += 1
+        owner = self.exclusive_owner
+        if owner is not None:
+            owner.on_transport_error(error)
+
+    # -- output ---------------------------------------------------------------------
+    def flush(self) -> None:
+        """Drain the stack: send messages, deliver events and traces, re-arm the timer."""
+        if self._flushing:
+            self._dirty = True
+            return
+        stack, transport = self.stack, self.transport
+        if stack is None or transport is None:
+            return
+        self._flushing = True
+        try:
+            self._dirty = True
+            while self._dirty:
+                self._dirty = False
+                for data, remote in stack.messages_to_send():
+                    transport.send(data, remote)
+                for record in stack.traces_to_send():
+                    handler = self._owners.get(record.owner)
+                    if handler is not None:
+                        handler.on_trace(record, self)
+                for event in stack.events_received():
+                    self._deliver(event)
+        finally:
+            self._flushing = False
+        self._slot.arm(stack.get_timer())
+
+    def _deliver(self, event: Event) -> None:
+        if isinstance(event, MessageDropped):
+            self.unowned[event.reason.split(" ", 1)[0]] += 1
+            if event.owner is None:
+                return
+        handler = self._owners.get(event.owner)
+        if handler is None:
+            self.unowned[type(event).__name__] += 1
+            return
+        handler.on_sip_event(event)
+
+    def counters(self) -> Counter[str]:
+        """The stack's SIP counters plus transport errors."""
+        out: Counter[str] = Counter()
+        if self.stack is not None:
+            out.update(self.stack.counters)
+        out["transport_errors"] += self.transport_errors
+        return out
+
+    def close(self) -> None:
+        """Stop the timer and close the transport."""
+        self._slot.cancel()
+        if self.transport is not None:
+            self.transport.close()
