@@ -155,3 +155,34 @@ def test_loss_reorder_and_jitter_through_a_relay() -> None:
         await engine.close()
 
     uvloop.run(run())
+
+
+@pytest.mark.timeout(60)
+def test_dtmf_both_ways_in_band_of_the_stream() -> None:
+    async def run() -> None:
+        engine = MediaEngine(free_even_range(4), rand=random.Random(10))
+        engine.start()
+        a, b = await open_pair(engine)
+        a.start((LOCAL, b.local_port), None, dtmf_payload_type=101)
+        b.start((LOCAL, a.local_port), None)
+        with pytest.raises(InvalidState, match="telephone-event"):
+            b.send_dtmf("1")
+        b.start((LOCAL, a.local_port), None, dtmf_payload_type=101)  # re-INVITE adds it
+        await asyncio.sleep(0.3)
+        a.send_dtmf("12#")
+        b.send_dtmf("9")
+        await asyncio.sleep(1.5)  # 3 digits: 3 x (100 ms tone + 40 ms end repeats + 100 ms gap)
+        await drain(a, b)
+        assert [e.digit for e in b.dtmf_events_received()] == ["1", "2", "#"]
+        assert [e.digit for e in a.dtmf_events_received()] == ["9"]
+        assert b.dtmf_events_received() == []
+        # 100 ms at 20 ms: 4 updates + 3 end packets per digit (RFC 4733 §2.5.1.4)
+        assert a.dtmf_packets_sent == 21 and b.dtmf_packets_sent == 7
+        for x, y in ((a, b), (b, a)):
+            recv = x.recv_stats
+            assert recv.packets_received == y.send_stats.packets_sent
+            assert recv.packets_lost == 0 and recv.out_of_order_packets == 0
+            assert recv.jitter_ms < 3.0  # event timestamps do not feed the jitter
+        await engine.close()
+
+    uvloop.run(run())

@@ -47,7 +47,9 @@ from typing import Any, Final, Protocol
 
 from sipswarm.engine.media_clock import MediaClock
 from sipswarm.engine.ports import PortAllocation, set_dscp
+from sipswarm.engine.rtp_dtmf import DtmfPlayback
 from sipswarm.errors import ConfigError, InvalidState
+from sipswarm.media.dtmf import DtmfEvent, DtmfReceiver, DtmfSender
 from sipswarm.media.emodel import impairment_for, mos_from_r, r_factor
 from sipswarm.media.rtcp import (
     ReportBlock,
@@ -62,7 +64,7 @@ from sipswarm.media.rtcp import (
     rtcp_interval,
     rtt_seconds,
 )
-from sipswarm.media.rtp import RtpPacketWriter
+from sipswarm.media.rtp import RtpPacketWriter, parse_rtp_header
 from sipswarm.media.stats import (
     Quality,
     RemoteReport,
@@ -184,6 +186,10 @@ class RtpSession:
         self._write = self._writer.write
         self._sendto: Callable[[bytes, Address], int] = _discard
         self._plain = True
+        self._dtmf_pt = -1
+        self._dtmf_playback: DtmfPlayback | None = None
+        self._dtmf_receiver = DtmfReceiver()
+        self.dtmf_packets_sent = 0
         self._remote_rtp: Address | None = None
         self._remote_rtcp: Address | None = None
         self._mux = False
@@ -263,12 +269,15 @@ class RtpSession:
         rtcp_mux: bool = False,
         send: bool = True,
         latch: bool = False,
+        dtmf_payload_type: int | None = None,
     ) -> None:
         """Send to ``remote_addr`` (RTCP to ``remote_rtcp_addr``, default port + 1) and receive.
 
         ``payload_type`` is the one the answer chose (defaults to the codec's);
         ``rtcp_mux`` when both sides agreed on a=rtcp-mux; ``send=False`` for
-        recvonly/inactive (hold). Calling it again (re-INVITE) updates all of it.
+        recvonly/inactive (hold); ``dtmf_payload_type`` the negotiated
+        telephone-event type (RFC 4733), enabling :meth:`send_dtmf` and
+        :meth:`dtmf_events_received`. Calling it again (re-INVITE) updates all of it.
         """
         self._transition("start")
         if payload_type is not None:
@@ -283,6 +292,7 @@ class RtpSession:
         self._latch = latch
         self._sendto = self._rtp_sock.sendto if self._rtp_sock is not None else _discard
         self._plain = not (rtcp_mux or latch)
+        self._dtmf_pt = -1 if dtmf_payload_type is None else dtmf_payload_type
         self.set_sending(send)
         if self._rtcp_handle is None:
             self._schedule_rtcp(initial=True)
@@ -310,6 +320,9 @@ class RtpSession:
         """Media clock callback: send the next frame, scheduled for ``due``."""
         index = self._frame_index
         self._frame_index = index + 1
+        if self._dtmf_playback is not None and self._send_dtmf_slot(index):
+            self._last_due = due
+            return
         packet = self._write(self._frame(index))
         try:
             self._sendto(packet, self._remote_rtp)  # type: ignore[arg-type]
@@ -328,7 +341,11 @@ class RtpSession:
             return
         try:
             if self._plain:
-                self.recv_stats.receive_rtp(sock.recv(RECV_SIZE), _monotonic())
+                data = sock.recv(RECV_SIZE)
+                if len(data) > 1 and data[1] & 0x7F == self._dtmf_pt:
+                    self._on_dtmf(data)
+                else:
+                    self.recv_stats.receive_rtp(data, _monotonic())
                 return
             data, addr = sock.recvfrom(RECV_SIZE)
         except OSError:  # EAGAIN after a spurious wake-up, or an ICMP error report
@@ -357,10 +374,73 @@ class RtpSession:
         if self._mux and is_rtcp(data):
             self._on_rtcp(data)
             return
+        if len(data) > 1 and data[1] & 0x7F == self._dtmf_pt:
+            self._on_dtmf(data)
+            return
         pt = self.recv_stats.receive_rtp(data, _monotonic())
         if pt >= 0 and self._latch and addr != self._remote_rtp:
             self._remote_rtp = addr  # RFC 4961 symmetric RTP, once
             self._latch = False
+
+    # -- DTMF (RFC 4733) --------------------------------------------------------------------
+
+    def send_dtmf(self, digits: str, duration_ms: int = 100, gap_ms: int = 100) -> None:
+        """Send ``digits`` as RFC 4733 events from the next frame slot, in place of audio.
+
+        Needs ``dtmf_payload_type`` in :meth:`start`; raises InvalidState
+        without it and ConfigError for digits outside 0-9 * # A-D.
+        """
+        if self._dtmf_pt < 0:
+            raise InvalidState(
+                "send_dtmf needs a negotiated telephone-event payload type: "
+                "pass dtmf_payload_type to RtpSession.start"
+            )
+        sender = DtmfSender(self.codec.rtp_clock_rate, self.ptime_ms, duration_ms, gap_ms)
+        plan = sender.packets(digits)
+        self._dtmf_playback = DtmfPlayback(
+            plan, self._frame_index, self._writer.timestamp, self.ptime_ms
+        )
+
+    def dtmf_events_received(self) -> list[DtmfEvent]:
+        """Key presses received since the last call, each once (retransmissions dropped)."""
+        return self._dtmf_receiver.events_received()
+
+    def _send_dtmf_slot(self, index: int) -> bool:
+        """Send the event packets due in slot ``index``; False when the slot carries audio."""
+        playback = self._dtmf_playback
+        assert playback is not None
+        due = playback.due(index)
+        if playback.finished:
+            self._dtmf_playback = None
+        if not due:
+            return False
+        for pkt in due:
+            packet = self._writer.write_event(
+                pkt.payload,
+                self._dtmf_pt,
+                playback.start_timestamp + pkt.timestamp_offset,
+                pkt.marker,
+            )
+            try:
+                self._sendto(packet, self._remote_rtp)  # type: ignore[arg-type]
+            except OSError:
+                self.send_stats.send_errors += 1
+                continue
+            self.send_stats.packets_sent += 1
+            self.send_stats.bytes_sent += len(packet)
+            self.dtmf_packets_sent += 1
+        self._writer.advance_timestamp(1)  # the audio frame this slot replaced
+        return True
+
+    def _on_dtmf(self, data: bytes) -> None:
+        """A telephone-event packet: counted in the stream, no jitter sample, to the receiver."""
+        hdr = parse_rtp_header(data)
+        if hdr is None:
+            self.recv_stats.invalid_packets += 1
+            return
+        self.recv_stats.receive_header(hdr, len(data), _monotonic(), False)
+        end = hdr.payload_offset + hdr.payload_length
+        self._dtmf_receiver.receive(data[hdr.payload_offset : end], hdr.timestamp)
 
     # -- RTCP ------------------------------------------------------------------------------
 

@@ -169,6 +169,18 @@ class RtpPacketWriter:
         self.timestamp = (ts + self.timestamp_step) & 0xFFFFFFFF
         return _pack(0x80, b1, seq, ts, self.ssrc) + payload
 
+    def write_event(self, payload: bytes, payload_type: int, timestamp: int, marker: bool) -> bytes:
+        """Build a packet of another payload type on this stream (RFC 4733 events).
+
+        It takes the next sequence number (same SSRC and sequence space,
+        RFC 4733 §2.1) but its own timestamp; the audio timestamp is not moved
+        (call :meth:`advance_timestamp` for the audio frame it replaces).
+        """
+        seq = self.sequence
+        self.sequence = (seq + 1) & 0xFFFF
+        b1 = (0x80 if marker else 0) | (payload_type & 0x7F)
+        return _pack(0x80, b1, seq, timestamp & 0xFFFFFFFF, self.ssrc) + payload
+
     def advance_timestamp(self, frames: int) -> None:
         """Advance the timestamp by ``frames`` frames without sending (silence suppression).
 
