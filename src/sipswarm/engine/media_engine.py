@@ -142,7 +142,7 @@ class MediaEngine:
         )
 
     async def close(self) -> None:
-        """Stop every session and the clock; give the transports one loop turn to close."""
+        """Stop every session (RTCP BYE, sockets closed) and the clock."""
         for session in list(self.sessions):
             self.close_session(session, "shutdown")
         self.clock.stop()

@@ -8,7 +8,7 @@ ended is not handed out again at once, while late packets of the old call may
 still arrive), skips ports that sipswarm already holds, and binds a UDP socket
 on the even port and another on the odd one. A port that another process
 holds (``EADDRINUSE``) is skipped. The bound, non-blocking sockets are handed
-to the caller, who wraps them in asyncio transports; :meth:`PortPool.release`
+to the caller, who reads them with ``loop.add_reader``; :meth:`PortPool.release`
 returns the pair when the call ends.
 
 Each call leg costs two file descriptors (one under rtcp-mux once the answer
