@@ -198,6 +198,18 @@ class ShardedBackend:
             asyncio.gather(*(s.ready.wait() for s in self._shards)), ready_timeout_s
         )
 
+    def start_in_background(self) -> None:
+        """Schedule :meth:`start` on the running loop (for synchronous factories);
+        a failure to start is logged and leaves the capacity at 0."""
+
+        async def starter() -> None:
+            try:
+                await self.start()
+            except (OSError, TimeoutError) as exc:
+                log.error("shards_failed_to_start", error=str(exc))
+
+        self._spawn_task(starter())
+
     async def _spawn(self, shard: _Shard) -> None:
         shard.ready.clear()
         shard.proc = await asyncio.create_subprocess_exec(
@@ -449,3 +461,16 @@ class ShardedBackend:
         while True:
             await asyncio.sleep(METRICS_LINGER_S / 3)
             self._metrics.flush(time.monotonic())
+
+
+#: The in-process engine every shard runs.
+ENGINE_FACTORY = "sipswarm.engine.engine:engine_backend_factory"
+
+
+def sharded_backend_factory(config: AgentConfig, emit: EmitItem) -> ShardedBackend:
+    """A :data:`~sipswarm.agent.backend.BackendFactory` for ``run_agent``: ``config.shards``
+    engine processes. Call it with the event loop running; the processes start in
+    the background and report capacity (0 until then)."""
+    backend = ShardedBackend(config, emit, ENGINE_FACTORY, config.shards)
+    backend.start_in_background()
+    return backend
