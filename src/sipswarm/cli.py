@@ -16,6 +16,8 @@ from sipswarm import __version__
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "controller": ("sipswarm.commands.controller", "run the reference controller for a fleet"),
+    "call": ("sipswarm.commands.call", "place one call and print its SIP trace and timings"),
+    "answer": ("sipswarm.commands.answer", "answer every call until interrupted"),
 }
 
 

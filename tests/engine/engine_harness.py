@@ -62,11 +62,20 @@ def endpoint(
         "role": role,
         "start_offset_ms": offset_ms,
         "account": {"username": user, "password": password},
-        "registrar": {"domain": domain, "host": host, "port": port, "transport": transport,
-                      "register": register, "expires_s": 60},  # fmt: skip
+        "registrar": {
+            "domain": domain,
+            "host": host,
+            "port": port,
+            "transport": transport,
+            "register": register,
+            "expires_s": 60,
+        },
         "call": call,
-        "media": {"codecs": codecs or ["PCMU", "PCMA"], "ptime_ms": 20,
-                  "source": {"kind": "tone", "frequency_hz": 440}},  # fmt: skip
+        "media": {
+            "codecs": codecs or ["PCMU", "PCMA"],
+            "ptime_ms": 20,
+            "source": {"kind": "tone", "frequency_hz": 440},
+        },
     }
 
 

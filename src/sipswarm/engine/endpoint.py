@@ -545,6 +545,8 @@ class Endpoint:
         if call is None or self._call_reported:
             return
         self._call_reported = True
+        if self.result.final_code is None:
+            self.result.final_code = call.final_code
         self._stop_media()
         self.host.emit(
             call_item(
