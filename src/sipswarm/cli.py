@@ -15,6 +15,8 @@ from sipswarm import __version__
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("sipswarm.commands.run", "run a plan: controller plus a local agent, live progress"),
+    "agent": ("sipswarm.commands.agent", "run a worker agent (configured from the environment)"),
     "controller": ("sipswarm.commands.controller", "run the reference controller for a fleet"),
     "call": ("sipswarm.commands.call", "place one call and print its SIP trace and timings"),
     "answer": ("sipswarm.commands.answer", "answer every call until interrupted"),

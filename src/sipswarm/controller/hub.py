@@ -124,7 +124,11 @@ class WorkerSession:
         """Endpoints this controller may still assign to the worker."""
         if not self.connected or self.status != WorkerStatus.ONLINE.value:
             return 0
-        return max(0, self.hello.capacity.max_endpoints - sum(self.outstanding.values()))
+        free = self.hello.capacity.max_endpoints - sum(self.outstanding.values())
+        if self.heartbeat is not None:
+            # a worker still starting its engine shards reports fewer free than its capacity
+            free = min(free, self.heartbeat.free_endpoints)
+        return max(0, free)
 
     def as_dict(self) -> dict[str, Any]:
         hb = self.heartbeat

@@ -153,6 +153,8 @@ class SipResolver:
             transport = "TLS"  # RFC 3263 §4.1: sips is TLS over TCP
         domain = host.strip("[]").rstrip(".").lower()
         name, port = self._apply_override(domain, port)
+        if name == "localhost" or name.endswith(".localhost"):
+            name = "127.0.0.1"  # RFC 6761 6.3: loopback, without asking DNS
         self._last_failure = ""
         if transport == "AUTO":
             targets = await self._resolve_auto(name, port, domain, secure)
