@@ -19,6 +19,16 @@ Theory of operation (no I/O here; the run manager owns sockets and clocks):
    without any reachable receiver are returned as ``unreachable`` so that the
    run manager records them as failed instead of sending them.
 
+4. Receivers' lifetime (docs/plan.md "Receivers' lifetime"): a receiver
+   answers one call and then closes by itself (SUCCESS when the call went
+   well). Receivers of a group that callers target are sent
+   ``call.idle_timeout_s`` (:meth:`Dispatch.receiver_idle_timeout_s`, a
+   worker extension) so that one nobody calls closes with TIMEOUT instead of
+   waiting forever. The run manager ends the stragglers (``cancel`` reason
+   ``complete``) only once every caller closed and no receiver is in a call
+   (:meth:`Dispatch.receivers_in_call`), so that a receiver finishing its
+   call is never turned CANCELLED.
+
 Endpoint ids are ``<run_id>/<group>/<n>``; buildup offsets (``start_offset_ms``)
 are counted from 0 within each phase.
 """
@@ -46,6 +56,11 @@ from sipswarm.protocol.models import (
 )
 
 SETTLED_PHASES = frozenset({Phase.REGISTERED, Phase.DISCONNECTING, Phase.CLOSED})
+IN_CALL_PHASES = frozenset(
+    {Phase.CALLING, Phase.RINGING, Phase.NEGOTIATING, Phase.INCALL, Phase.DISCONNECTING}
+)
+#: Added to a receiver's idle timeout for the start lead, ticks and the system under test.
+IDLE_MARGIN_S = 30.0
 
 
 class CapacityError(ResourceError):
@@ -135,8 +150,11 @@ def _with_offsets(placed: Sequence[Placed], plan: Plan) -> list[Placed]:
     ]
 
 
-def build_endpoint(p: Placed, target: str | None) -> AssignEndpoint:
-    """The PROTOCOL.md ``assign`` endpoint for a placed endpoint, every field filled."""
+def build_endpoint(
+    p: Placed, target: str | None, idle_timeout_s: float | None = None
+) -> AssignEndpoint:
+    """The PROTOCOL.md ``assign`` endpoint for a placed endpoint, every field filled
+    (``idle_timeout_s``: the worker extension, for receivers only)."""
     g, acc, reg = p.group, p.group.accounts[p.n], p.group.registrar
     return AssignEndpoint(
         endpoint_id=p.endpoint_id,
@@ -166,6 +184,7 @@ def build_endpoint(p: Placed, target: str | None) -> AssignEndpoint:
             duration_s=g.call.duration_s,
             ring_timeout_s=g.call.ring_timeout_s,
             answer_delay_ms=g.call.answer_delay_ms,
+            idle_timeout_s=idle_timeout_s,
         ),
         media=MediaSettings(
             codecs=list(g.media.codecs),
@@ -187,6 +206,8 @@ def assign_json(assign: Assign, plan: Plan) -> dict[str, Any]:
     obj = assign.model_dump(mode="json", by_alias=True)
     groups = {g.name: g for g in plan.groups}
     for ep in obj["endpoints"]:
+        if ep["call"] is not None and ep["call"].get("idle_timeout_s") is None:
+            ep["call"].pop("idle_timeout_s", None)  # PROTOCOL.md fields only, unless set
         reg = groups[ep["group"]].registrar
         if reg.transport in ("tls", "wss", "auto"):
             ep["registrar"]["tls"] = {
@@ -209,6 +230,7 @@ class Dispatch:
     receivers_start_ms: int | None = None
     settled: set[str] = field(default_factory=set)
     contacts: dict[str, str] = field(default_factory=dict)
+    phases: dict[str, Phase] = field(default_factory=dict)  # latest phase of each endpoint
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def __post_init__(self) -> None:
@@ -228,12 +250,35 @@ class Dispatch:
         """Feed every ``phase`` item of the run (replays are harmless)."""
         if phase in SETTLED_PHASES:
             self.settled.add(endpoint_id_)
+        last = self.phases.get(endpoint_id_)
+        if last is None or phase.order > last.order:
+            self.phases[endpoint_id_] = phase
         if phase is Phase.REGISTERED and contact:
             self.contacts[endpoint_id_] = contact
 
     def receive_outcome(self, endpoint_id_: str) -> None:
         """Feed every ``outcome`` item: a closed receiver has settled."""
         self.settled.add(endpoint_id_)
+        self.phases[endpoint_id_] = Phase.CLOSED
+
+    def receivers_in_call(self) -> int:
+        """Receivers between CALLING and DISCONNECTING: they will close by themselves."""
+        return sum(1 for r in self.receivers if self.phases.get(r.endpoint_id) in IN_CALL_PHASES)
+
+    def receiver_idle_timeout_s(self, group: Group) -> float | None:
+        """How long a receiver of ``group`` may wait to be called, or None (the worker's
+        default) when no caller group targets it (it answers calls from elsewhere).
+
+        Upper bound of when its caller sends the INVITE, counted from the receiver's own
+        REGISTERED: the rest of the receivers' buildup, the registration window, the
+        callers' buildup, plus :data:`IDLE_MARGIN_S`.
+        """
+        if not any(g.target_group == group.name for g in self.plan.groups):
+            return None
+        receivers_span = self.receivers[-1].start_offset_ms / 1000 if self.receivers else 0.0
+        callers_span = self.callers[-1].start_offset_ms / 1000 if self.callers else 0.0
+        idle = receivers_span + self.plan.registration_window_s + callers_span + IDLE_MARGIN_S
+        return float(min(86400.0, max(1.0, round(idle, 1))))
 
     def get_timer(self) -> int | None:
         """When the registration window ends (ms), or None before receivers start."""
@@ -302,8 +347,13 @@ class Dispatch:
                         run_id=self.run_id,
                         start_at=start_at_ms,
                         settings=settings,
-                        endpoints=[build_endpoint(p, targets.get(p.endpoint_id)) for p in eps],
+                        endpoints=[self._endpoint(p, targets) for p in eps],
                     ),
                 )
             )
         return out
+
+    def _endpoint(self, p: Placed, targets: dict[str, str]) -> AssignEndpoint:
+        if p.group.role == "receiver":
+            return build_endpoint(p, None, self.receiver_idle_timeout_s(p.group))
+        return build_endpoint(p, targets.get(p.endpoint_id))

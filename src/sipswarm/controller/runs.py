@@ -7,8 +7,10 @@ workers (not enough: CANNOT_RUN_FOR_NOW), every endpoint is placed
 them, and the receivers' ``assign`` frames go out (QUEUED). When every sent
 assignment is accepted the run is RUNNING. :meth:`tick` (called every
 :data:`TICK_S` by the controller) sends the callers once
-:meth:`Dispatch.callers_due`, ends receivers once every caller closed (a
-``cancel`` with reason ``complete``: receivers have no end of their own),
+:meth:`Dispatch.callers_due`, ends the receivers still waiting once every
+caller closed and no receiver is in a call (a ``cancel`` with reason
+``complete``; a receiver that answered its call has closed by itself with
+SUCCESS, see docs/plan.md "Receivers' lifetime"),
 applies the lost-worker grace period and the STOPPING timeout, and ends the
 run: COMPLETED when every assignment finished (or a worker was lost but
 others finished theirs), FAILED when every worker of the run was lost for
@@ -371,7 +373,7 @@ class RunManager:
                 run.notes.append(f"worker {a.worker_id} lost for more than {self.lost_grace_s:g} s")
 
     async def _end_receivers(self, run: RunState, now: int) -> None:
-        """Receivers answer until told otherwise: end them once every caller has closed."""
+        """End the receivers nobody called once every caller closed and none is in a call."""
         callers = [a for a in run.assignments.values() if a.assign.endpoints[0].role == "caller"]
         receivers_open = [
             a
@@ -379,6 +381,9 @@ class RunManager:
             if a.open and a.assign.endpoints[0].role == "receiver"
         ]
         if not callers or any(a.open for a in callers) or not receivers_open or run.complete_sent:
+            return
+        if run.dispatch is not None and run.dispatch.receivers_in_call():
+            run.callers_done_ms = None  # a receiver finishing its call closes by itself
             return
         if run.callers_done_ms is None:
             run.callers_done_ms = now
