@@ -38,23 +38,29 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine
-from typing import Any, Protocol
+from functools import partial
+from typing import Any, TypeVar
 
 from sipswarm.agent.assignment import CallSpec, EndpointSpec
+from sipswarm.engine.call_media import CallMedia
+from sipswarm.engine.host import EndpointHost
 from sipswarm.engine.outcomes import (
-    LOSS_WARNING_FRACTION,
     OutcomeState,
     call_item,
     check_transition,
     outcome_for_call_failure,
 )
-from sipswarm.engine.resolver import ServerTarget, SipResolver
-from sipswarm.engine.rtp_session import RtpSession
-from sipswarm.engine.scheduler import ScheduledCall, Scheduler
+from sipswarm.engine.resolver import ServerTarget
+from sipswarm.engine.scheduler import ScheduledCall
 from sipswarm.engine.sip_runtime import SipRuntime
-from sipswarm.engine.switchable import SwitchableCodec, SwitchableSource
 from sipswarm.engine.transport import TransportError
-from sipswarm.errors import NegotiationError, ResolutionError, ResourceError, SipswarmError
+from sipswarm.errors import (
+    InvalidState,
+    NegotiationError,
+    ResolutionError,
+    ResourceError,
+    SipswarmError,
+)
 from sipswarm.media.codecs import Codec, codec_by_name
 from sipswarm.media.sdp import (
     LocalMedia,
@@ -67,7 +73,7 @@ from sipswarm.media.sdp import (
     build_offer,
     parse_sdp,
 )
-from sipswarm.protocol import Outcome, Phase, Role, TraceMode
+from sipswarm.protocol import ActionKind, Outcome, Phase, Role, TraceMode
 from sipswarm.sip.call import Call
 from sipswarm.sip.config import Account
 from sipswarm.sip.events import (
@@ -86,43 +92,14 @@ from sipswarm.sip.events import (
 )
 from sipswarm.sip.stack import SipStack
 
+T = TypeVar("T")
+
 __all__ = ["DEFAULT_CALL", "DEFAULT_IDLE_TIMEOUT_S", "Endpoint", "EndpointHost"]
 
 #: A receiver's call settings when the assignment gives none.
 DEFAULT_CALL = CallSpec(target=None, duration_s=30.0, ring_timeout_s=30.0, answer_delay_ms=0)
 #: How long a receiver waits to be called when ``call.idle_timeout_s`` is absent.
 DEFAULT_IDLE_TIMEOUT_S = 300.0
-
-
-class EndpointHost(Protocol):
-    """What the engine gives its endpoints (see :class:`~.engine.EndpointEngine`)."""
-
-    loop: asyncio.AbstractEventLoop
-    scheduler: Scheduler
-    resolver: SipResolver
-    sdp_address: str
-
-    def emit(self, item: dict[str, Any]) -> None: ...
-
-    def epoch_ms(self, t: float | None) -> int | None: ...
-
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]: ...
-
-    async def runtime_for(self, endpoint: Endpoint, transport: str) -> SipRuntime: ...
-
-    def release_runtime(self, endpoint: Endpoint, runtime: SipRuntime) -> None: ...
-
-    async def open_media(
-        self, endpoint: Endpoint, codec: SwitchableCodec, source: SwitchableSource
-    ) -> RtpSession: ...
-
-    def source_for(self, endpoint: Endpoint, codec: Codec) -> Any: ...
-
-    def close_media(self, session: RtpSession) -> None: ...
-
-    def adopt_call(self, service: Endpoint, event: IncomingCall) -> None: ...
-
-    def endpoint_closed(self, endpoint: Endpoint) -> None: ...
 
 
 class Endpoint:
@@ -156,11 +133,13 @@ class Endpoint:
         )
         self.codecs = [codec_by_name(c) for c in spec.media.codecs]
         self.runtime: SipRuntime | None = None
+        self.media = CallMedia(
+            lambda codec, source: host.open_media(self, codec, source),
+            host.close_media,
+            lambda codec: host.source_for(self, codec),
+        )
         self.target: ServerTarget | None = None
         self.call: Call | None = None
-        self.session: RtpSession | None = None
-        self.codec: SwitchableCodec | None = None
-        self.source: SwitchableSource | None = None
         self.offer: SessionDescription | None = None
         self.registered = False
         self.unregistering = False
@@ -168,7 +147,6 @@ class Endpoint:
         self.cancelled = False
         self.contact: str | None = None
         self._final_ts: float | None = None
-        self.first_rtp_ts: int | None = None
         self.negotiated: NegotiatedMedia | None = None
         self._call_reported = False
         self._timers: dict[str, ScheduledCall] = {}
@@ -210,8 +188,8 @@ class Endpoint:
             "endpoint_id": self.endpoint_id,
             "phase": (self.phase or Phase.INITIALIZING).value,
         }
-        session = self.session
-        if session is not None and session.state.value == "started":
+        session = self.media.session
+        if session is not None and self.media.started:
             entry.update(session.snapshot())
         return entry
 
@@ -219,7 +197,7 @@ class Endpoint:
     def start(self, now: float) -> None:
         """Go INITIALIZING and begin (resolve, bind, register or listen)."""
         self._go(Phase.INITIALIZING, now)
-        self._task = self.host.spawn(self._start())
+        self._task = self.host.spawn(self._guard(self._start()))
 
     async def _start(self) -> None:
         spec, host = self.spec, self.host
@@ -245,18 +223,32 @@ class Endpoint:
             stack.set_trace(self.key)
         now = host.loop.time()
         if spec.registrar.register:
-            stack.register(
-                self.key,
-                self.account,
-                None,
-                spec.registrar.expires_s,
-                now,
-                destination=self.target.address,
-                route=self._proxy_uri(),
+            self._with_contact_user(
+                lambda user: stack.register(
+                    self.key,
+                    self.account,
+                    None,
+                    spec.registrar.expires_s,
+                    now,
+                    destination=self.target.address if self.target else None,
+                    route=self._proxy_uri(),
+                    contact_user=user,
+                )
             )
             runtime.flush()
             return
-        self._reachable(stack.listen(self.key, self.account.username), now)
+        self._reachable(self._with_contact_user(lambda user: stack.listen(self.key, user)), now)
+
+    def _with_contact_user(self, action: Callable[[str], T]) -> T:
+        """Run ``action(contact user)``: the account name, or a unique variant when
+        another endpoint of this stack already listens on it (shared accounts)."""
+        try:
+            return action(self.account.username)
+        except InvalidState:
+            self._stack().forget(self.key)  # drop the half-made record, keep tracing
+            if self.trace is not TraceMode.NONE:
+                self._stack().set_trace(self.key)
+            return action(f"{self.account.username}-{id(self):x}")
 
     async def _resolve(self) -> ServerTarget:
         r = self.spec.registrar
@@ -294,7 +286,7 @@ class Endpoint:
         elif self.service:
             self._stack().listen_any(self.key)
         elif self.spec.role is Role.CALLER:
-            self._task = self.host.spawn(self._place_call())
+            self._task = self.host.spawn(self._guard(self._place_call()))
         else:
             idle = self.call_spec.idle_timeout_s or DEFAULT_IDLE_TIMEOUT_S
             self._timer("idle", idle, self._idle_timeout)
@@ -304,7 +296,25 @@ class Endpoint:
         old = self._timers.pop(name, None)
         if old is not None:
             old.cancel()
-        self._timers[name] = self.host.scheduler.call_later(delay, callback)
+        self._timers[name] = self.host.scheduler.call_later(delay, partial(self._safely, callback))
+
+    def _safely(self, callback: Callable[[float], None], now: float) -> None:
+        """Run an endpoint step; a bug closes this endpoint (CALL_FAILED), never stalls it."""
+        try:
+            callback(now)
+        except Exception as exc:  # reported in the outcome; must not reach the transport
+            self.fail(Outcome.CALL_FAILED, f"internal error: {exc!r}")
+            self.force_close(self.host.loop.time())
+
+    async def _guard(self, step: Coroutine[Any, Any, None]) -> None:
+        try:
+            await step
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.fail(Outcome.CALL_FAILED, f"internal error: {exc!r}")
+            self.force_close(self.host.loop.time())
+            raise
 
     def _cancel_timers(self) -> None:
         for handle in self._timers.values():
@@ -327,65 +337,31 @@ class Endpoint:
         self.runtime.flush()
 
     # -- media --------------------------------------------------------------------------
-    async def _open_media(self, codec: Codec) -> RtpSession:
-        self.codec = SwitchableCodec(codec)
-        self.source = SwitchableSource(self.host.source_for(self, codec))
-        session = await self.host.open_media(self, self.codec, self.source)
-        self.session = session
-        return session
-
     def _local_media(self, port: int) -> LocalMedia:
-        return LocalMedia(
-            address=self.host.sdp_address,
-            port=port,
-            codecs=self.codecs,
-            ptime_ms=self.spec.media.ptime_ms,
-        )
-
-    def _start_media(self, media: NegotiatedMedia) -> None:
-        session, codec, source = self.session, self.codec, self.source
-        if session is None or codec is None or source is None:
-            return
-        if media.codec.rtp_clock_rate != codec.rtp_clock_rate:
-            raise NegotiationError(
-                f"answer chose {media.codec.rtpmap} but media was prepared at "
-                f"{codec.rtp_clock_rate} Hz for {codec.name}; list codecs of one clock rate"
-            )
-        if media.codec.name != codec.name:
-            codec.switch(media.codec)
-            source.switch(self.host.source_for(self, media.codec))
-        session.start(
-            media.remote_rtp,
-            media.remote_rtcp,
-            media.payload_type,
-            rtcp_mux=media.rtcp_mux,
-            send=media.sending,
-        )
+        return CallMedia.local(self.host.sdp_address, port, self.codecs, self.spec.media.ptime_ms)
 
     def _stop_media(self) -> None:
-        session = self.session
-        if session is None:
-            return
-        started = session.state.value == "started"
-        if started and self.call is not None and self.call.answer_ts is not None:
-            recv = session.snapshot()["recv"]
-            lost, got = recv.get("packets_lost") or 0, recv.get("packets_received") or 0
-            if session.first_rtp_ts is None:
-                self.fail(Outcome.COMPLETED_WITH_WARNINGS, "call answered but no RTP was received")
-            elif lost > LOSS_WARNING_FRACTION * (lost + got):
-                self.fail(
-                    Outcome.COMPLETED_WITH_WARNINGS,
-                    f"RTP loss {lost} of {lost + got} packets, above {LOSS_WARNING_FRACTION:.0%}",
-                )
-        self.host.close_media(session)
-        self.first_rtp_ts = session.first_rtp_ts
-        self.session = None
+        answered = self.call is not None and self.call.answer_ts is not None
+        warning = self.media.stop(answered)
+        if warning is not None:
+            self.fail(Outcome.COMPLETED_WITH_WARNINGS, warning)
+
+    def _schedule_actions(self) -> None:
+        """``actions`` with ``at_s`` run that long after the call is up (INCALL)."""
+        for i, action in enumerate(self.spec.actions):
+            if action.do is ActionKind.DTMF and action.at_s is not None and action.digits:
+                self._timer(f"action{i}", action.at_s, partial(self._dtmf, action.digits))
+
+    def _dtmf(self, digits: str, now: float) -> None:
+        warning = self.media.send_dtmf(digits)
+        if warning is not None:
+            self.fail(Outcome.COMPLETED_WITH_WARNINGS, warning)
 
     # -- caller -------------------------------------------------------------------------
     async def _place_call(self) -> None:
         host = self.host
         try:
-            session = await self._open_media(self.codecs[0])
+            session = await self.media.open(self.codecs[0])
         except (ResourceError, OSError) as exc:
             return self._abort(Outcome.OSERROR, f"cannot open RTP ports: {exc}")
         if self.closed:
@@ -424,7 +400,7 @@ class Endpoint:
         try:
             if self.offer is None:
                 raise NegotiationError("2xx arrived for a call without an offer")
-            self._start_media(apply_answer(self.offer, parse_sdp(ev.sdp_answer)))
+            self.media.start(apply_answer(self.offer, parse_sdp(ev.sdp_answer)))
         except (NegotiationError, SdpError) as exc:
             self.fail(Outcome.NEGOTIATION_FAILED, f"SDP answer not usable: {exc}", 200)
             self._hang_up(now)
@@ -434,6 +410,7 @@ class Endpoint:
     def _in_call(self, now: float) -> None:
         self._go(Phase.INCALL, now)
         self._timer("duration", self.call_spec.duration_s, self._hang_up)
+        self._schedule_actions()
         if self.cancelled:
             self._hang_up(now)
 
@@ -466,12 +443,12 @@ class Endpoint:
             self._stack().reject(ev.call, 488, now, reason="Not Acceptable Here")
             self._flush()
             return
-        self._task = self.host.spawn(self._answer_incoming(offer, media.codec))
+        self._task = self.host.spawn(self._guard(self._answer_incoming(offer, media.codec)))
 
     async def _answer_incoming(self, offer: SessionDescription, codec: Codec) -> None:
         call = self.call
         try:
-            session = await self._open_media(codec)
+            session = await self.media.open(codec)
         except (ResourceError, OSError) as exc:
             self.fail(Outcome.OSERROR, f"cannot open RTP ports: {exc}", 503)
             if call is not None and not call.terminated:
@@ -483,7 +460,7 @@ class Endpoint:
             return
         now = self.host.loop.time()
         answer = build_answer(offer, self._local_media(session.local_port), session_id=now_id(now))
-        self.negotiated = answered_media(offer, answer)
+        self.negotiated = answered_media(offer, answer)  # started once the ACK arrives
         self._stack().ring(call, now)
         self._go(Phase.RINGING, now)
         self._flush()
@@ -503,7 +480,7 @@ class Endpoint:
         now = self.host.loop.time()
         if self.negotiated is not None:
             try:
-                self._start_media(self.negotiated)
+                self.media.start(self.negotiated)
             except NegotiationError as exc:
                 self.fail(Outcome.NEGOTIATION_FAILED, str(exc), 200)
                 self._hang_up(now)
@@ -554,7 +531,7 @@ class Endpoint:
                 self.run_id,
                 self.endpoint_id,
                 self.host.epoch_ms,
-                self.first_rtp_ts,
+                self.media.first_rtp_ts,
                 self._final_ts,
             )
         )
@@ -604,8 +581,13 @@ class Endpoint:
     def on_sip_event(self, event: Event) -> None:
         """Runtime callback: dispatch by event type (one handler per kind)."""
         handler = _HANDLERS.get(type(event))
-        if handler is not None and not self.closed:
-            handler(self, event)
+        if handler is None or self.closed:
+            return
+        call = getattr(event, "call", None)
+        if call is not None and call is not self.call and not isinstance(event, IncomingCall):
+            return  # e.g. the 486 we sent to a second INVITE
+        _safe = partial(handler, self, event)
+        self._safely(lambda now: _safe(), self.host.loop.time())
 
     def on_trace(self, record: TraceRecord, runtime: SipRuntime) -> None:
         """Runtime callback: one SIP message of this endpoint, as a ``trace`` item."""

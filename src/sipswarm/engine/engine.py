@@ -254,6 +254,7 @@ class EndpointEngine:
         """Stop the session (RTCP BYE) and return its ports; count its packets."""
         self._counters["rtp_packets_sent_closed"] += session.send_stats.packets_sent
         self._counters["rtp_packets_received_closed"] += session.recv_stats.packets_received
+        self._counters["rtp_dtmf_packets_sent_total"] += session.dtmf_packets_sent
         if self.media is not None:
             self.media.close_session(session)
 

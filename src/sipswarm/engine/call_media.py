@@ -1,0 +1,116 @@
+"""Media of one endpoint's call: the SDP side of an RtpSession, its start, its verdict.
+
+Kept apart from :mod:`sipswarm.engine.endpoint` (signalling and phases) so
+that each reads on its own. :class:`CallMedia` owns the session of one call
+leg: :meth:`~CallMedia.open` binds the ports with a
+:class:`~sipswarm.engine.switchable.SwitchableCodec` (the codec is only known
+after the answer), :meth:`~CallMedia.local` describes it for the SDP,
+:meth:`~CallMedia.start` applies the negotiated media, :meth:`~CallMedia.send_dtmf`
+plays RFC 4733 events, :meth:`~CallMedia.stop` closes it and returns a
+warning in words when the call's media was poor (no RTP at all, or loss
+above :data:`~sipswarm.engine.outcomes.LOSS_WARNING_FRACTION`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from sipswarm.engine.outcomes import LOSS_WARNING_FRACTION
+from sipswarm.engine.rtp_session import RtpSession
+from sipswarm.engine.switchable import SwitchableCodec, SwitchableSource
+from sipswarm.errors import NegotiationError
+from sipswarm.media.codecs import Codec
+from sipswarm.media.sdp import LocalMedia, NegotiatedMedia
+
+__all__ = ["CallMedia"]
+
+Opener = Callable[[SwitchableCodec, SwitchableSource], Awaitable[RtpSession]]
+
+
+class CallMedia:
+    """One call leg's RTP. Next: ``await open(codec)``, ``local(...)``, ``start(media)``,
+    ``stop(answered)``."""
+
+    def __init__(
+        self,
+        opener: Opener,
+        closer: Callable[[RtpSession], None],
+        source_for: Callable[[Codec], Any],
+    ) -> None:
+        self._opener = opener
+        self._closer = closer
+        self._source_for = source_for
+        self.session: RtpSession | None = None
+        self.codec: SwitchableCodec | None = None
+        self.source: SwitchableSource | None = None
+        self.negotiated: NegotiatedMedia | None = None
+        self.first_rtp_ts: int | None = None
+
+    async def open(self, codec: Codec) -> RtpSession:
+        """Bind the port pair (ResourceError/OSError when exhausted)."""
+        self.codec = SwitchableCodec(codec)
+        self.source = SwitchableSource(self._source_for(codec))
+        self.session = await self._opener(self.codec, self.source)
+        return self.session
+
+    @staticmethod
+    def local(address: str, port: int, codecs: Sequence[Codec], ptime_ms: int) -> LocalMedia:
+        """What to put in the offer/answer for our stream."""
+        return LocalMedia(address=address, port=port, codecs=codecs, ptime_ms=ptime_ms)
+
+    @property
+    def started(self) -> bool:
+        return self.session is not None and self.session.state.value == "started"
+
+    def start(self, media: NegotiatedMedia) -> None:
+        """Send and receive as negotiated; NegotiationError if the codec cannot be swapped."""
+        session, codec, source = self.session, self.codec, self.source
+        if session is None or codec is None or source is None:
+            return
+        if media.codec.rtp_clock_rate != codec.rtp_clock_rate:
+            raise NegotiationError(
+                f"answer chose {media.codec.rtpmap} but media was prepared at "
+                f"{codec.rtp_clock_rate} Hz for {codec.name}; list codecs of one clock rate"
+            )
+        if media.codec.name != codec.name:
+            codec.switch(media.codec)
+            source.switch(self._source_for(media.codec))
+        self.negotiated = media
+        session.start(
+            media.remote_rtp,
+            media.remote_rtcp,
+            media.payload_type,
+            rtcp_mux=media.rtcp_mux,
+            send=media.sending,
+            dtmf_payload_type=media.telephone_event_pt,
+        )
+
+    def send_dtmf(self, digits: str) -> str | None:
+        """Play ``digits`` (RFC 4733); a warning in words when it cannot be done."""
+        if not self.started or self.session is None:
+            return f"DTMF {digits!r} not sent: media is not running"
+        if self.negotiated is None or self.negotiated.telephone_event_pt is None:
+            return f"DTMF {digits!r} not sent: the peer did not accept telephone-event"
+        self.session.send_dtmf(digits)
+        return None
+
+    def stop(self, answered: bool) -> str | None:
+        """Close the session (RTCP BYE, ports back); a warning when media was poor."""
+        session = self.session
+        if session is None:
+            return None
+        warning = None
+        if answered and self.started:
+            recv = session.snapshot()["recv"]
+            lost, got = recv.get("packets_lost") or 0, recv.get("packets_received") or 0
+            if session.first_rtp_ts is None:
+                warning = "call answered but no RTP was received"
+            elif lost > LOSS_WARNING_FRACTION * (lost + got):
+                warning = (
+                    f"RTP loss {lost} of {lost + got} packets, above {LOSS_WARNING_FRACTION:.0%}"
+                )
+        self.first_rtp_ts = session.first_rtp_ts
+        self._closer(session)
+        self.session = None
+        return warning
