@@ -163,15 +163,14 @@ class Endpoint:
         """Move to ``phase`` (InvalidState if it is not later) and emit its item."""
         check_transition(self.phase, phase, self.endpoint_id)
         self.phase = phase
-        item = {
-            "kind": "phase",
-            "run_id": self.run_id,
-            "endpoint_id": self.endpoint_id,
-            "ts": self.host.epoch_ms(now),
-            "phase": phase.value,
-        }
-        item.update(extra)
-        self.host.emit(item)
+        self.host.emit(self._item("phase", now, phase=phase.value, **extra))
+
+    def _item(self, kind: str, t: float, **fields: Any) -> dict[str, Any]:
+        """A PROTOCOL.md item of this endpoint: kind, run_id, endpoint_id, ts, ``fields``."""
+        item: dict[str, Any] = {"kind": kind, "run_id": self.run_id}
+        item.update(endpoint_id=self.endpoint_id, ts=self.host.epoch_ms(t))
+        item.update(fields)
+        return item
 
     def _advance(self, phase: Phase, now: float) -> None:
         """:meth:`_go` unless the endpoint is already at or past ``phase``."""
@@ -409,7 +408,8 @@ class Endpoint:
 
     def _in_call(self, now: float) -> None:
         self._go(Phase.INCALL, now)
-        self._timer("duration", self.call_spec.duration_s, self._hang_up)
+        if self.spec.call is not None:  # without call settings the far end hangs up
+            self._timer("duration", self.call_spec.duration_s, self._hang_up)
         self._schedule_actions()
         if self.cancelled:
             self._hang_up(now)
@@ -538,17 +538,9 @@ class Endpoint:
 
     # -- registration -------------------------------------------------------------------
     def _registration_item(self, code: int | None, ms: float | None, expires: int | None) -> None:
-        self.host.emit(
-            {
-                "kind": "registration",
-                "run_id": self.run_id,
-                "endpoint_id": self.endpoint_id,
-                "ts": self.host.epoch_ms(self.host.loop.time()),
-                "status_code": code,
-                "register_ms": None if ms is None else round(ms, 3),
-                "expires_granted_s": expires,
-            }
-        )
+        rounded = None if ms is None else round(ms, 3)
+        item = self._item("registration", self.host.loop.time(), status_code=code)
+        self.host.emit(item | {"register_ms": rounded, "expires_granted_s": expires})
 
     def _on_registered(self, ev: RegistrationSucceeded) -> None:
         self._registration_item(ev.status_code, ev.register_ms, ev.expires_granted)
@@ -591,17 +583,11 @@ class Endpoint:
 
     def on_trace(self, record: TraceRecord, runtime: SipRuntime) -> None:
         """Runtime callback: one SIP message of this endpoint, as a ``trace`` item."""
-        item = {
-            "kind": "trace",
-            "run_id": self.run_id,
-            "endpoint_id": self.endpoint_id,
-            "ts": self.host.epoch_ms(record.ts),
-            "dir": record.dir,
-            "transport": runtime.name,
-            "local": runtime.local,
-            "remote": f"{record.remote[0]}:{record.remote[1]}",
-            "message": record.message.decode("utf-8", errors="replace"),
-        }
+        remote = f"{record.remote[0]}:{record.remote[1]}"
+        item = self._item("trace", record.ts, dir=record.dir, transport=runtime.name)
+        item.update(
+            local=runtime.local, remote=remote, message=record.message.decode(errors="replace")
+        )
         if self.trace is TraceMode.ALL:
             self.host.emit(item)
         else:
@@ -674,17 +660,8 @@ class Endpoint:
                 self.host.emit(item)
         self._traces.clear()
         self._go(Phase.CLOSED, now)
-        self.host.emit(
-            {
-                "kind": "outcome",
-                "run_id": self.run_id,
-                "endpoint_id": self.endpoint_id,
-                "ts": self.host.epoch_ms(now),
-                "outcome": outcome.value,
-                "final_code": code,
-                "reason": reason,
-            }
-        )
+        item = self._item("outcome", now, outcome=outcome.value, final_code=code, reason=reason)
+        self.host.emit(item)
         self.host.endpoint_closed(self)
 
 
