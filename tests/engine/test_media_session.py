@@ -95,13 +95,14 @@ def test_rtcp_mux_and_garbage() -> None:
         engine = MediaEngine(free_even_range(4), rand=random.Random(8))
         engine.start()
         a, b = await open_pair(engine, "PCMA")
-        a.start((LOCAL, b.local_port), None, rtcp_mux=True)
-        b.start((LOCAL, a.local_port), None, rtcp_mux=True)
-        assert a.local_rtcp_port == a.local_port
         loop = asyncio.get_running_loop()
         junk, _ = await loop.create_datagram_endpoint(
             asyncio.DatagramProtocol, local_addr=(LOCAL, 0)
         )
+        a.start((LOCAL, b.local_port), None, rtcp_mux=True)
+        b.start((LOCAL, a.local_port), None, rtcp_mux=True)
+        assert a.local_rtcp_port == a.local_port
+        # queued before b's first packet connects a's socket (later, a stranger's are dropped)
         for data in (b"", b"\x00" * 40, b"\x80\xc8\x00\x01" + b"\x00" * 4):
             junk.sendto(data, (LOCAL, a.local_port))
         await asyncio.sleep(6.0)  # RTCP's first interval is 1-3.7 s after start

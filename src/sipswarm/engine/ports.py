@@ -19,7 +19,9 @@ reported as a :class:`~sipswarm.errors.ResourceError` naming the limit.
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import os
 import socket
 from dataclasses import dataclass
 
@@ -146,3 +148,25 @@ def set_dscp(sock: socket.socket, dscp: int) -> None:
     if not 0 <= dscp <= 63:
         raise ConfigError(f"media.dscp must be 0-63, got {dscp} (46 = EF for voice)")
     sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, dscp << DSCP_SHIFT)
+
+
+class _SockaddrUnspec(ctypes.Structure):
+    """A ``struct sockaddr`` whose family is AF_UNSPEC (0): ``connect`` to it dissolves."""
+
+    _fields_ = (("family", ctypes.c_ushort), ("data", ctypes.c_char * 14))
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def disconnect_udp(sock: socket.socket) -> None:
+    """Dissolve a connected UDP socket's association (``connect(AF_UNSPEC)``, POSIX/Linux).
+
+    Python's ``socket.connect`` cannot pass AF_UNSPEC, hence libc. The socket
+    keeps its explicitly bound port (Linux keeps a port that ``bind`` chose) and
+    receives from every source again. Raises OSError if the call fails.
+    """
+    addr = _SockaddrUnspec(socket.AF_UNSPEC, b"")
+    if _libc.connect(sock.fileno(), ctypes.byref(addr), ctypes.sizeof(addr)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
