@@ -12,10 +12,13 @@ from .engine_harness import Collector, assignment, check_items, endpoint, make_e
 pytestmark = pytest.mark.timeout(30)
 
 
-def test_direct_call_between_two_endpoints() -> None:
+@pytest.mark.parametrize(
+    "per_endpoint", [False, True], ids=["shared-socket", "socket-per-endpoint"]
+)
+def test_direct_call_between_two_endpoints(per_endpoint: bool) -> None:
     async def main() -> Collector:
         items = Collector()
-        engine = make_engine(items)
+        engine = make_engine(items, socket_per_endpoint=per_endpoint)
         try:
             await engine.start_assignment(
                 assignment("r1", endpoint("r1/rx", "receiver", user="bob", duration_s=5))
