@@ -30,6 +30,10 @@ __all__ = ["ACTIONS", "TRANSITIONS", "Call", "CallState"]
 
 
 class CallState(Enum):
+    # Members are singletons: identity hashing is C-level, Enum.__hash__ is Python (hot
+    # in the transition tables).
+    __hash__ = object.__hash__
+
     CALLING = "calling"  # UAC: INVITE sent
     PROCEEDING = "proceeding"  # UAC: provisional received
     INCOMING = "incoming"  # UAS: INVITE received, 100 sent

@@ -12,7 +12,6 @@ a value it rejects makes the message malformed.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from urllib.parse import unquote
 
 from sipmessage import URI, Address, CSeq, Parameters, Via
@@ -50,37 +49,105 @@ _HOST_PORT = re.compile(
 )
 
 
-@dataclass(slots=True)
 class TopVia:
-    """The top Via: where responses go and which transaction a message belongs to."""
+    """The top Via: where responses go and which transaction a message belongs to.
 
-    transport: str
-    host: str
-    port: int | None
-    params: dict[str, str | None] = field(default_factory=dict)
+    ``params`` is parsed on first use: most messages only need the branch, which
+    is cut out of the raw parameter text directly.
+    """
+
+    __slots__ = ("_params", "_raw", "host", "port", "transport")
+
+    def __init__(
+        self,
+        transport: str,
+        host: str,
+        port: int | None,
+        params: dict[str, str | None] | None = None,
+        raw_params: str = "",
+    ) -> None:
+        self.transport = transport
+        self.host = host
+        self.port = port
+        self._params = params
+        self._raw = raw_params
+
+    @property
+    def params(self) -> dict[str, str | None]:
+        """Via parameters, name -> value (None for a parameter without '=')."""
+        params = self._params
+        if params is None:
+            params = {}
+            for item in self._raw.split(";")[1:]:
+                key, eq, val = item.partition("=")
+                params[key] = val if eq else None
+            self._params = params
+        return params
 
     @property
     def branch(self) -> str:
-        return self.params.get("branch") or ""
+        """The branch parameter, '' when absent."""
+        if self._params is not None:
+            return self._params.get("branch") or ""
+        raw = self._raw
+        start = raw.find(";branch=")
+        if start < 0:
+            return ""
+        start += 8
+        end = raw.find(";", start)
+        return raw[start:end] if end >= 0 else raw[start:]
+
+    def __repr__(self) -> str:
+        return f"TopVia({self.transport!r}, {self.host!r}, {self.port!r}, {self.params!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TopVia):
+            return NotImplemented
+        return (self.transport, self.host, self.port, self.params) == (
+            other.transport,
+            other.host,
+            other.port,
+            other.params,
+        )
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 def parse_top_via(values: list[str]) -> TopVia:
     """Top Via from the raw Via values. Raises ValueError on bad syntax."""
     m = _VIA.match(values[0])
     if m is not None:
-        params: dict[str, str | None] = {}
-        for item in m.group(4).split(";")[1:]:
-            key, eq, val = item.partition("=")
-            params[key] = val if eq else None
-        port = m.group(3)
-        return TopVia(m.group(1), m.group(2), int(port) if port else None, params)
+        transport, host, port, raw = m.groups()
+        return TopVia(transport, host, int(port) if port else None, None, raw)
     vias = Via.parse_many(_LIST_COMMA.sub(", ", values[0]))
     top = vias[0]
     return TopVia(top.transport, top.host, top.port, dict(top.parameters))
 
 
+MEMO_SIZE = 8192
+"""Entries per memo below; a full memo is emptied (values repeat within a call,
+so recent ones are what matters, and the bound holds under a flood)."""
+_MISS = object()
+_TAGS: dict[str, str | None] = {}
+_CSEQS: dict[str, tuple[int, str]] = {}
+_RURIS: dict[str, tuple[str, str | None]] = {}
+
+
 def parse_tag(value: str) -> str | None:
-    """The tag of a From/To value (validated). Raises ValueError on bad syntax."""
+    """The tag of a From/To value (validated). Raises ValueError on bad syntax.
+
+    Memoised: a call's From and To values come back in every message of it."""
+    tag = _TAGS.get(value, _MISS)
+    if tag is not _MISS:
+        return tag  # type: ignore[return-value]
+    tag = _parse_tag(value)
+    if len(_TAGS) >= MEMO_SIZE:
+        _TAGS.clear()
+    _TAGS[value] = tag
+    return tag
+
+
+def _parse_tag(value: str) -> str | None:
     m = _ADDR.match(value)
     if m is not None:
         tag = _TAG.search(m.group(2))
@@ -89,7 +156,17 @@ def parse_tag(value: str) -> str | None:
 
 
 def parse_cseq(value: str) -> tuple[int, str]:
-    """(number, method). Raises ValueError on bad syntax."""
+    """(number, method). Raises ValueError on bad syntax. Memoised."""
+    parsed = _CSEQS.get(value)
+    if parsed is None:
+        parsed = _parse_cseq(value)
+        if len(_CSEQS) >= MEMO_SIZE:
+            _CSEQS.clear()
+        _CSEQS[value] = parsed
+    return parsed
+
+
+def _parse_cseq(value: str) -> tuple[int, str]:
     m = _CSEQ.match(value)
     if m is not None:
         return int(m.group(1)), m.group(2)
@@ -98,7 +175,18 @@ def parse_cseq(value: str) -> tuple[int, str]:
 
 
 def parse_ruri(uri: str) -> tuple[str, str | None]:
-    """(scheme, user) of a sip/sips/tel Request-URI. Raises ValueError on bad syntax."""
+    """(scheme, user) of a sip/sips/tel Request-URI. Raises ValueError on bad syntax.
+    Memoised: a dialog's requests share their Request-URI."""
+    parsed = _RURIS.get(uri)
+    if parsed is None:
+        parsed = _parse_ruri(uri)
+        if len(_RURIS) >= MEMO_SIZE:
+            _RURIS.clear()
+        _RURIS[uri] = parsed
+    return parsed
+
+
+def _parse_ruri(uri: str) -> tuple[str, str | None]:
     m = _SIP_URI.fullmatch(uri)
     if m is not None:
         user = m.group(2)

@@ -38,6 +38,10 @@ MIN_REFRESH = 1.0
 
 
 class RegState(Enum):
+    # Members are singletons: identity hashing is C-level, Enum.__hash__ is Python (hot
+    # in the transition tables).
+    __hash__ = object.__hash__
+
     REGISTERING = "registering"
     REGISTERED = "registered"
     UNREGISTERING = "unregistering"

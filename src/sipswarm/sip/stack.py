@@ -52,6 +52,7 @@ from sipswarm.sip.call import Call, CallState
 from sipswarm.sip.config import Account, StackConfig
 from sipswarm.sip.core import Core, Endpoint
 from sipswarm.sip.events import Event, IncomingCall, MessageDropped, Owner, TraceRecord
+from sipswarm.sip.fastparse import parse_host_port
 from sipswarm.sip.ids import BRANCH_MAGIC, IdFactory
 from sipswarm.sip.message import (
     ParseFailure,
@@ -234,7 +235,7 @@ class SipStack:
         core = self._core
         core.now = now
         try:
-            URI.parse(target_uri)
+            parse_host_port(target_uri)  # fast path for the usual forms, sipmessage otherwise
         except ValueError as exc:
             raise ConfigError(f"call.target {target_uri!r} is not a SIP URI") from exc
         ep = core.endpoint(owner, contact_user or account.username)

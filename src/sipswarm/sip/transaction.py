@@ -49,6 +49,10 @@ Address = tuple[str, int]
 
 
 class TxnState(Enum):
+    # Members are singletons: identity hashing is C-level, Enum.__hash__ is Python (hot
+    # in the transition tables).
+    __hash__ = object.__hash__
+
     CALLING = "calling"
     TRYING = "trying"
     PROCEEDING = "proceeding"
