@@ -35,19 +35,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import uvloop
-from tests.peers.kamailio import Kamailio, KamailioOptions, start_kamailio
-from tests.peers.procs import ManagedProcess, free_port, wait_until
-from tests.peers.sipp import (
-    LOOPBACK_ONLY,
-    SCENARIOS,
-    SippUas,
-    media_port,
-    parse_trace_stat,
-    run_sipp_register,
-    start_sipp_uas,
-)
 
 import harness
+
+Kamailio = harness.kamailio_peer.Kamailio
+KamailioOptions = harness.kamailio_peer.KamailioOptions
+start_kamailio = harness.kamailio_peer.start_kamailio
+ManagedProcess = harness.procs.ManagedProcess
+free_port = harness.procs.free_port
+wait_until = harness.procs.wait_until
+LOOPBACK_ONLY = harness.sipp_peer.LOOPBACK_ONLY
+SCENARIOS = harness.sipp_peer.SCENARIOS
+SippUas = harness.sipp_peer.SippUas
+media_port = harness.sipp_peer.media_port
+parse_trace_stat = harness.sipp_peer.parse_trace_stat
+run_sipp_register = harness.sipp_peer.run_sipp_register
+start_sipp_uas = harness.sipp_peer.start_sipp_uas
+write_ulaw_tone = harness.media_peer.write_ulaw_tone
 
 MODES = ("sipp>sipp", "swarm>sipp", "swarm>swarm", "sipp>swarm")
 CALLERS = range(1000, 1500)
@@ -123,14 +127,14 @@ class Bed:
             self.kam.stop()
         return far_report
 
-    def trees(self, generator: int) -> dict[str, int]:
-        assert self.kam and self.uas and self.far
+    def trees(self, generator: int | list[int]) -> dict[str, int | list[int]]:
+        assert self.kam and self.uas and self.far and self.driver
         return {
             "gen": generator,
             "kamailio": self.kam.pid,
             "sipp_uas": self.uas.process.pid,
             "swarm_far": self.far.pid,
-            "swarm_callers": os.getpid(),
+            "swarm_callers": self.driver.generator_pids(),
         }
 
 
@@ -174,7 +178,7 @@ async def run_swarm(bed: Bed, rate: int, seconds: int, hold_ms: int, callees: ra
     kam = bed.kam.address("udp")
     run_id = f"rate{rate}-{callees[0]}-{time.monotonic_ns()}"
     before = driver.items.calls.copy()
-    meter = harness.CpuMeter(bed.trees(os.getpid()))
+    meter = harness.CpuMeter(bed.trees(driver.generator_pids()))
     meter.start()
     t0 = int(time.time() * 1000) + 1000
     ids = []

@@ -38,6 +38,12 @@ for _p in (str(ROOT), str(BENCH)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
+
+from tests.peers import kamailio as kamailio_peer  # noqa: E402, F401 - re-exported
+from tests.peers import media as media_peer  # noqa: E402, F401
+from tests.peers import procs  # noqa: E402, F401
+from tests.peers import sipp as sipp_peer  # noqa: E402, F401
+
 from sipswarm.agent.assignment import validate_assignment  # noqa: E402
 from sipswarm.agent.config import AgentConfig  # noqa: E402
 from sipswarm.agent.shards import ShardedBackend  # noqa: E402
@@ -55,6 +61,11 @@ def tree_pids(pid: int) -> list[int]:
         return [pid, *(c.pid for c in proc.children(recursive=True))]
     except psutil.NoSuchProcess:
         return []
+
+
+def _pids(spec: int | list[int]) -> list[int]:
+    """An int is a process tree; a list is exactly those processes."""
+    return list(spec) if isinstance(spec, list) else tree_pids(spec)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -75,7 +86,7 @@ class CpuMeter:
     its last figures, so measure while the processes live.
     """
 
-    def __init__(self, trees: dict[str, int]) -> None:
+    def __init__(self, trees: dict[str, int | list[int]]) -> None:
         self.trees = trees
         self._t0 = 0.0
         self._wall = 0.0
@@ -87,7 +98,7 @@ class CpuMeter:
         self._t0 = time.monotonic()
         self._last = {}
         self._before = {
-            name: {p: cpu_seconds(p) for p in tree_pids(pid)} for name, pid in self.trees.items()
+            name: {p: cpu_seconds(p) for p in _pids(pid)} for name, pid in self.trees.items()
         }
 
     def sample(self) -> None:
@@ -95,7 +106,7 @@ class CpuMeter:
         ``stop()`` is then counted up to its last sample)."""
         for name, pid in self.trees.items():
             seen = self._last.setdefault(name, {})
-            for p in tree_pids(pid):
+            for p in _pids(pid):
                 value = cpu_seconds(p)
                 if value:
                     seen[p] = value
@@ -238,7 +249,12 @@ class SwarmDriver:
         await self.backend.start()
 
     def shard_pids(self) -> list[int]:
-        return [p for p in tree_pids(os.getpid()) if p != os.getpid()]
+        """PIDs of the live shard processes."""
+        return [s.proc.pid for s in self.backend._shards if s.proc is not None]
+
+    def generator_pids(self) -> list[int]:
+        """This process (the supervisor) and its shards: what a sipswarm agent costs."""
+        return [os.getpid(), *self.shard_pids()]
 
     async def assign(
         self, run_id: str, endpoints: list[dict[str, Any]], start_at_ms: int | None = None
