@@ -20,9 +20,10 @@ COPY pyproject.toml README.md ./
 COPY src ./src
 RUN pip install . && rm -rf /src
 
-RUN groupadd --system sipswarm \
-    && useradd --system --gid sipswarm --home-dir /var/lib/sipswarm --create-home sipswarm
-USER sipswarm
+# A numeric UID/GID: Kubernetes' runAsNonRoot can only verify a numeric USER.
+RUN groupadd --system --gid 10001 sipswarm \
+    && useradd --system --uid 10001 --gid sipswarm --home-dir /var/lib/sipswarm --create-home sipswarm
+USER 10001:10001
 WORKDIR /var/lib/sipswarm
 
 EXPOSE 3030
