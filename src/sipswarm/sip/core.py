@@ -53,6 +53,7 @@ class Core:
         self.events: list[Event] = []
         self.traces: list[TraceRecord] = []
         self.traced: set[Owner] = set()
+        self.manual_reinvite: set[Owner] = set()  # owners answering re-INVITEs themselves
         self.client_txns: dict[tuple[str, str], ClientTransaction] = {}
         self.server_txns: dict[tuple[str, ...], ServerTransaction] = {}
         self.calls: dict[tuple[str, str], Call] = {}  # (Call-ID, local tag)

@@ -29,9 +29,12 @@ __all__ = [
     "CallTeardownFailed",
     "Event",
     "IncomingCall",
+    "IncomingReInvite",
     "MessageDropped",
     "Owner",
+    "ReInviteAccepted",
     "ReInviteAnswered",
+    "ReInviteFailed",
     "RegistrationFailed",
     "RegistrationSucceeded",
     "TraceRecord",
@@ -159,6 +162,39 @@ class ReInviteAnswered:
 
 
 @dataclass(frozen=True, slots=True)
+class IncomingReInvite:
+    """A re-INVITE arrived for an owner that answers them itself (see
+    ``SipStack.take_reinvites``); 100 Trying was sent. Next: ``answer_reinvite``
+    with the SDP answer (an offer when ``sdp_offer`` is empty) or ``reject_reinvite``."""
+
+    owner: Owner
+    call: Call
+    sdp_offer: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ReInviteAccepted:
+    """Our re-INVITE (``SipStack.reinvite``) got a 2xx; the ACK is sent and
+    ``call.local_sdp``/``call.remote_sdp`` now hold the new offer and answer."""
+
+    owner: Owner
+    call: Call
+    sdp_answer: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ReInviteFailed:
+    """Our re-INVITE ended without a 2xx (after 491 retries and auth retries): the
+    session goes on with the previous SDP (RFC 3261 14.1). On 408 or 481 the
+    dialog is gone (RFC 3261 12.2.1.2): hang up."""
+
+    owner: Owner
+    call: Call
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class MessageDropped:
     """A message was refused (malformed, unmatched, unexpected). Also counted in
     ``stack.counters``."""
@@ -191,5 +227,8 @@ Event = (
     | CallEnded
     | CallTeardownFailed
     | ReInviteAnswered
+    | IncomingReInvite
+    | ReInviteAccepted
+    | ReInviteFailed
     | MessageDropped
 )

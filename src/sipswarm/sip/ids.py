@@ -8,9 +8,17 @@ production code passes :class:`RandomIdFactory` built on a ``random.Random``
 
 from __future__ import annotations
 
+import zlib
 from typing import Protocol
 
-__all__ = ["BRANCH_MAGIC", "IdFactory", "RandomIdFactory", "RandomSource", "SequentialIdFactory"]
+__all__ = [
+    "BRANCH_MAGIC",
+    "IdFactory",
+    "RandomIdFactory",
+    "RandomSource",
+    "SequentialIdFactory",
+    "draw",
+]
 
 BRANCH_MAGIC = "z9hG4bK"  # RFC 3261 8.1.1.7: every branch we create starts with it
 
@@ -29,6 +37,15 @@ class IdFactory(Protocol):
 
     def cnonce(self) -> str:
         """A digest client nonce (RFC 7616 3.4)."""
+
+
+def draw(ids: IdFactory, steps: int) -> int:
+    """A uniform integer in [0, steps) from ``ids``: its ``draw`` method if it has one
+    (both factories here do), else derived from a fresh cnonce (any IdFactory)."""
+    method = getattr(ids, "draw", None)
+    if method is not None:
+        return int(method(steps))
+    return zlib.crc32(ids.cnonce().encode()) % steps
 
 
 class RandomSource(Protocol):
@@ -60,6 +77,10 @@ class RandomIdFactory:
     def cnonce(self) -> str:
         return f"{self._rng.getrandbits(64):016x}"
 
+    def draw(self, steps: int) -> int:
+        """A uniform integer in [0, steps) (glare back-off, RFC 3261 14.1)."""
+        return int(self._rng.getrandbits(32) * steps >> 32)
+
 
 class SequentialIdFactory:
     """Deterministic ids for tests: ``z9hG4bK<prefix>b1``, ``<prefix>t1``, ``<prefix>c1``..."""
@@ -85,3 +106,7 @@ class SequentialIdFactory:
 
     def cnonce(self) -> str:
         return self._next("n")
+
+    def draw(self, steps: int) -> int:
+        """Always the middle of the range: predictable back-offs in tests."""
+        return steps // 2

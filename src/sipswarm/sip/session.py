@@ -12,16 +12,22 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 
+from sipswarm.errors import InvalidState
 from sipswarm.sip.call import Call, CallState
 from sipswarm.sip.core import Authenticator
+from sipswarm.sip.dialog import remote_target_from
 from sipswarm.sip.events import (
     CallConfirmed,
     CallEnded,
     CallFailed,
     CallTeardownFailed,
     Event,
+    IncomingReInvite,
+    ReInviteAccepted,
     ReInviteAnswered,
+    ReInviteFailed,
 )
+from sipswarm.sip.ids import draw
 from sipswarm.sip.request import ACCEPT, ALLOW, RequestSpec
 
 if TYPE_CHECKING:
@@ -32,7 +38,9 @@ if TYPE_CHECKING:
 __all__ = ["Session"]
 
 C = CallState
-SESSION_TIMERS = ("2xx", "2xx_timeout", "ring", "cancel_guard")
+SESSION_TIMERS = ("2xx", "2xx_timeout", "ring", "cancel_guard", "reinvite_retry")
+MAX_GLARE_RETRIES = 3  # 491 answers to one re-INVITE before ReInviteFailed(491)
+NO_DIALOG = (408, 481)  # RFC 3261 12.2.1.2: these end the dialog
 SDP = "application/sdp"
 
 
@@ -47,6 +55,14 @@ class Session(Call):
     _bye_auth: Authenticator | None = None
     _bye_txn: ClientTransaction | None = None
     _bye_pending: bool = False
+    _re_auth: Authenticator | None = None  # our re-INVITE in progress
+    _re_txn: ClientTransaction | None = None
+    _re_sdp: bytes = b""
+    _re_glare: int = 0
+    _re_ack: bytes = b""
+    _re_ack_remote: tuple[str, int] = ("", 0)
+    _re_ack_key: tuple[int, str] = (0, "")
+    _re_server: ServerTransaction | None = None  # incoming re-INVITE the owner answers
 
     # -- terminal event ---------------------------------------------------------------
     def finish(self, event: Event, close: bool = True) -> None:
@@ -111,17 +127,159 @@ class Session(Call):
             self.finish(CallTeardownFailed(self.owner, self, msg.status, msg.reason))
 
     def on_response(self, txn: ClientTransaction, msg: SipMessage, now: float) -> None:
-        """Client transaction user: responses to our BYE (UacCall adds INVITE/CANCEL)."""
-        self.bye_response(txn, msg, now)
+        """Client transaction user: responses to our BYE and re-INVITE (UacCall adds
+        the initial INVITE and CANCEL)."""
+        if txn.spec.method == "INVITE":
+            self.reinvite_response(txn, msg, now)
+        else:
+            self.bye_response(txn, msg, now)
 
     def on_timeout(self, txn: ClientTransaction, now: float) -> None:
-        """Client transaction user: Timer F on our BYE."""
-        self.bye_timeout(txn, now)
+        """Client transaction user: Timer F on our BYE, Timer B on our re-INVITE."""
+        if txn.spec.method == "INVITE":
+            self.reinvite_timeout(txn, now)
+        else:
+            self.bye_timeout(txn, now)
 
     def bye_timeout(self, txn: ClientTransaction, now: float) -> None:
         """Timer F on our BYE."""
         if txn is self._bye_txn:
             self.finish(CallTeardownFailed(self.owner, self, 408, "no response to BYE"))
+
+    # -- re-INVITE from our side (RFC 3261 14.1) ----------------------------------------
+    def reinvite(self, sdp: bytes, now: float) -> None:
+        """Send a re-INVITE offering ``sdp`` (hold: a=sendonly, resume: a=sendrecv).
+        Outcome: ReInviteAccepted or ReInviteFailed. Raises InvalidState unless the
+        call is confirmed with no other INVITE transaction in progress (14.1)."""
+        if self.state is not C.CONFIRMED or self.dialog is None:
+            raise InvalidState(
+                f"cannot re-INVITE call {self.call_id} in state {self.state.value} "
+                "(allowed in: confirmed)"
+            )
+        if self.reinvite_pending or self._re_server is not None or self._ok_data is not None:
+            raise InvalidState(
+                f"call {self.call_id} has an INVITE transaction in progress: wait for its "
+                "outcome (RFC 3261 14.1)"
+            )
+        self._re_sdp = sdp
+        self._re_glare = 0
+        self._start_reinvite(now)
+
+    @property
+    def reinvite_pending(self) -> bool:
+        """True from ``reinvite`` until ReInviteAccepted/ReInviteFailed."""
+        return self._re_auth is not None
+
+    def _start_reinvite(self, now: float) -> None:
+        assert self.dialog is not None
+        contact = self.core.endpoint(self.owner).contact
+        spec = self.dialog.request(
+            "INVITE", contact=contact, body=self._re_sdp, extra=f"Allow: {ALLOW}\r\n"
+        )
+        self._re_auth = Authenticator(self.core, self.account, spec)
+        self._send_reinvite(*self._re_auth.first, now)
+
+    def _send_reinvite(self, spec: RequestSpec, auth: str, now: float) -> None:
+        assert self.dialog is not None
+        self.dialog.local_cseq = spec.cseq
+        self._re_txn = self.core.start_client(self, spec, self.owner, now, auth)
+
+    def reinvite_response(self, txn: ClientTransaction, msg: SipMessage, now: float) -> None:
+        """Responses to our re-INVITE: 2xx (first and retransmitted) -> ACK; 401/407 ->
+        credentials; 491 -> retry after the 14.1 back-off; other finals -> failed."""
+        if msg.status < 200:
+            return
+        if msg.status < 300:
+            self._reinvite_2xx(txn, msg, now)
+            return
+        if txn is not self._re_txn or self._re_auth is None:
+            return
+        if msg.status in (401, 407):
+            retry = self._re_auth.retry(msg)
+            if retry is not None:
+                self._send_reinvite(*retry, now)
+                return
+        if msg.status == 491 and self._re_glare < MAX_GLARE_RETRIES:
+            self._re_glare += 1
+            self._re_txn = None
+            self.core.timers.set(self, "reinvite_retry", now + self._glare_delay())
+            return
+        self._reinvite_done(ReInviteFailed(self.owner, self, msg.status, msg.reason))
+
+    def _glare_delay(self) -> float:
+        # RFC 3261 14.1: the owner of the Call-ID (who sent the initial INVITE) waits
+        # 2.1-4 s, the other side 0-2 s, both in units of 10 ms, chosen at random.
+        if self.direction == "out":
+            return 2.1 + draw(self.core.ids, 191) / 100
+        return draw(self.core.ids, 201) / 100
+
+    def _retry_reinvite(self, now: float) -> None:
+        if self.state is C.CONFIRMED and self._re_server is None and self._ok_data is None:
+            self._start_reinvite(now)
+        elif self.state is C.CONFIRMED:
+            # the peer's INVITE is still open: try again after another back-off
+            self.core.timers.set(self, "reinvite_retry", now + self._glare_delay())
+        else:
+            self._re_auth = None
+
+    def _reinvite_2xx(self, txn: ClientTransaction, msg: SipMessage, now: float) -> None:
+        assert self.dialog is not None
+        key = (txn.spec.cseq, msg.to_tag or "")
+        if self._re_ack and key == self._re_ack_key:
+            # RFC 3261 13.2.2.4: a retransmitted 2xx gets the same ACK again.
+            self.core.count("ack_retransmissions")
+            self.core.transmit(self._re_ack, self._re_ack_remote, self.owner)
+            return
+        if txn is not self._re_txn:
+            return
+        target = _target_refresh(msg)
+        if target:
+            self.dialog.remote_target = target  # RFC 3261 12.2.1.2: target refresh
+        ack = self.dialog.request("ACK", cseq=txn.spec.cseq)
+        self._re_ack = ack.render(self.core.config, self.core.ids.branch())
+        self._re_ack_remote = ack.destination
+        self._re_ack_key = key
+        self.core.transmit(self._re_ack, self._re_ack_remote, self.owner)
+        self.local_sdp = self._re_sdp
+        self.remote_sdp = msg.body or self.remote_sdp
+        self._reinvite_done(ReInviteAccepted(self.owner, self, msg.body))
+
+    def reinvite_timeout(self, txn: ClientTransaction, now: float) -> None:
+        """Timer B on our re-INVITE: ReInviteFailed(408); the engine hangs up (12.2.1.2)."""
+        if txn is self._re_txn:
+            self._reinvite_done(ReInviteFailed(self.owner, self, 408, "no response to re-INVITE"))
+
+    def _reinvite_done(self, event: ReInviteAccepted | ReInviteFailed) -> None:
+        self._re_auth = None
+        self._re_txn = None
+        self.core.timers.cancel(self, "reinvite_retry")
+        if not self.finished:
+            self.core.emit(event)
+
+    # -- re-INVITE from the peer answered by the owner --------------------------------
+    def answer_reinvite(self, sdp: bytes, now: float) -> None:
+        """200 OK with ``sdp`` to the re-INVITE announced by IncomingReInvite."""
+        txn = self._take_reinvite_server()
+        data = self.core.respond(txn, 200, "OK", now, extra=self._ok_headers(bool(sdp)), body=sdp)
+        self.remote_sdp = txn.request.body or self.remote_sdp
+        if sdp:
+            self.local_sdp = sdp
+        self.start_2xx(data, txn.remote, now, initial=False)
+
+    def reject_reinvite(self, code: int, now: float, reason: str | None = None) -> None:
+        """A 4xx-6xx to the re-INVITE announced by IncomingReInvite (488: the offer is
+        not acceptable); the session goes on unchanged (RFC 3261 14.2)."""
+        if not 400 <= code <= 699:
+            raise InvalidState(f"reject_reinvite code must be 400-699, got {code}")
+        txn = self._take_reinvite_server()
+        self.core.respond(txn, code, reason or REJECT_REASONS.get(code, "Rejected"), now)
+
+    def _take_reinvite_server(self) -> ServerTransaction:
+        txn = self._re_server
+        if txn is None:
+            raise InvalidState(f"call {self.call_id} has no re-INVITE waiting for an answer")
+        self._re_server = None
+        return txn
 
     # -- 2xx retransmission (RFC 3261 13.3.1.4) -----------------------------------------
     def start_2xx(self, data: bytes, remote: tuple[str, int], now: float, initial: bool) -> None:
@@ -198,16 +356,29 @@ class Session(Call):
         self.finish(CallEnded(self.owner, self, "remote"))
 
     def _on_reinvite(self, msg: SipMessage, txn: ServerTransaction, now: float) -> None:
-        if self.state is not C.CONFIRMED:
-            # RFC 3261 14.2: an INVITE while our previous 2xx is unacknowledged.
+        if self.state is not C.CONFIRMED or self._ok_data is not None or self._re_server:
+            # RFC 3261 14.2: an INVITE while our previous 2xx is unacknowledged, or
+            # while another incoming INVITE waits for its final response.
             self.core.respond(txn, 500, "Server Internal Error", now, extra="Retry-After: 1\r\n")
+            return
+        if self._re_txn is not None:
+            # RFC 3261 14.2: glare, our own re-INVITE is pending.
+            self.core.respond(txn, 491, "Request Pending", now)
             return
         ctype = (msg.header("content-type") or SDP).split(";")[0].strip().lower()
         if msg.body and ctype != SDP:
             self.core.respond(txn, 488, "Not Acceptable Here", now, extra=f"Accept: {ACCEPT}\r\n")
             return
-        # Hold/resume is a later feature: answer with the SDP we already use (RFC 3264 8:
-        # unchanged session, unchanged o= version).
+        target = _target_refresh(msg)
+        if target and self.dialog is not None:
+            self.dialog.remote_target = target  # RFC 3261 12.2.2: target refresh
+        if self.owner in self.core.manual_reinvite:
+            self.core.respond(txn, 100, "Trying", now)
+            self._re_server = txn
+            self.core.emit(IncomingReInvite(self.owner, self, msg.body))
+            return
+        # Automatic mode: answer with the SDP we already use (RFC 3264 8: unchanged
+        # session, unchanged o= version).
         data = self.core.respond(txn, 200, "OK", now, extra=self._ok_headers(), body=self.local_sdp)
         self.start_2xx(data, txn.remote, now, initial=False)
         self.core.emit(ReInviteAnswered(self.owner, self, msg.body))
@@ -232,7 +403,11 @@ class Session(Call):
             getattr(self, method)(now)
 
     # timer name -> handler method name; subclasses extend it.
-    _TIMERS: ClassVar[dict[str, str]] = {"2xx": "_retransmit_2xx", "2xx_timeout": "_ack_timeout"}
+    _TIMERS: ClassVar[dict[str, str]] = {
+        "2xx": "_retransmit_2xx",
+        "2xx_timeout": "_ack_timeout",
+        "reinvite_retry": "_retry_reinvite",
+    }
 
     @classmethod
     def create(cls, core: Core, **fields: Any) -> Self:
@@ -241,6 +416,24 @@ class Session(Call):
         call.core = core
         core.index_call(call)
         return call
+
+
+REJECT_REASONS = {
+    400: "Bad Request",
+    486: "Busy Here",
+    488: "Not Acceptable Here",
+    491: "Request Pending",
+    500: "Server Internal Error",
+    603: "Decline",
+}
+
+
+def _target_refresh(msg: SipMessage) -> str | None:
+    """The Contact URI of a target refresh request/response, None if absent or bad."""
+    try:
+        return remote_target_from(msg)
+    except ValueError:
+        return None
 
 
 _IN_DIALOG: dict[str, Callable[[Session, SipMessage, ServerTransaction, float], None]] = {

@@ -157,6 +157,7 @@ class SipStack:
         """Drop everything kept for ``owner`` once it is closed (no more events for it)."""
         ep = self._core.endpoints.pop(owner, None)
         self._core.traced.discard(owner)
+        self._core.manual_reinvite.discard(owner)
         if ep is None:
             return
         for user in (ep.contact_user, ANY_USER):
@@ -294,9 +295,34 @@ class SipStack:
     def bye(self, call: Call, now: float) -> None:
         """Hang up an established call; CallEnded or CallTeardownFailed follows."""
         self._core.now = now
-        if not isinstance(call, Session):
-            raise InvalidState(f"call {call.call_id} does not belong to a stack")
-        call.bye(now)
+        _session(call).bye(now)
+
+    # -- re-INVITE (hold/resume) -------------------------------------------------------
+    def reinvite(self, call: Call, sdp: bytes, now: float) -> None:
+        """Re-INVITE an established call with offer ``sdp`` (hold: a=sendonly, resume:
+        a=sendrecv). Events: ReInviteAccepted(sdp_answer) or ReInviteFailed(code); a
+        491 (glare) is retried after RFC 3261 14.1's random back-off by itself."""
+        self._core.now = now
+        _session(call).reinvite(sdp, now)
+
+    def take_reinvites(self, owner: Owner, enabled: bool = True) -> None:
+        """``owner`` answers incoming re-INVITEs itself: IncomingReInvite, then
+        ``answer_reinvite``/``reject_reinvite``. Otherwise (the default) the stack
+        answers 200 with the call's current SDP and emits ReInviteAnswered."""
+        if enabled:
+            self._core.manual_reinvite.add(owner)
+        else:
+            self._core.manual_reinvite.discard(owner)
+
+    def answer_reinvite(self, call: Call, sdp: bytes, now: float) -> None:
+        """200 OK with ``sdp`` to the re-INVITE of an IncomingReInvite event."""
+        self._core.now = now
+        _session(call).answer_reinvite(sdp, now)
+
+    def reject_reinvite(self, call: Call, code: int, now: float, reason: str | None = None) -> None:
+        """4xx-6xx to the re-INVITE of an IncomingReInvite event (e.g. 488)."""
+        self._core.now = now
+        _session(call).reject_reinvite(code, now, reason)
 
     def hangup(self, call: Call, now: float) -> None:
         """Whatever ends the call now: CANCEL, 603, BYE, or nothing if already ending."""
@@ -515,6 +541,12 @@ _HANGUP: dict[CallState, Callable[[SipStack, Call, float], None]] = {
     CallState.ANSWERED: _hangup_bye,
     CallState.CONFIRMED: _hangup_bye,
 }
+
+
+def _session(call: Call) -> Session:
+    if not isinstance(call, Session):
+        raise InvalidState(f"call {call.call_id} does not belong to a stack")
+    return call
 
 
 def _uas(call: Call) -> UasCall:

@@ -89,7 +89,10 @@ class UacCall(Session):
 
     # -- transaction user -------------------------------------------------------------
     def on_response(self, txn: ClientTransaction, msg: SipMessage, now: float) -> None:
-        """Responses to our INVITE, CANCEL and BYE transactions."""
+        """Responses to our INVITE, CANCEL, BYE and re-INVITE transactions."""
+        if self._is_reinvite(txn):
+            self.reinvite_response(txn, msg, now)
+            return
         handler = _BY_METHOD.get(txn.spec.method)
         if handler is not None:
             handler(self, txn, msg, now)
@@ -98,8 +101,14 @@ class UacCall(Session):
         """Timer B on the INVITE (408), Timer F on BYE (teardown failed)."""
         if txn.spec.method == "BYE":
             self.bye_timeout(txn, now)
+        elif self._is_reinvite(txn):
+            self.reinvite_timeout(txn, now)
         elif txn.spec.method == "INVITE" and txn is self._invite_txn and not self.finished:
             self.fail(408, "no final response to INVITE (Timer B)", "local")
+
+    def _is_reinvite(self, txn: ClientTransaction) -> bool:
+        # In-dialog INVITEs take CSeqs above the initial INVITE's (auth retries included).
+        return txn.spec.method == "INVITE" and txn.spec.cseq > self._spec.cseq
 
     def _invite_response(self, txn: ClientTransaction, msg: SipMessage, now: float) -> None:
         if msg.status < 200:
