@@ -24,11 +24,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
+import subprocess
 import sys
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import psutil
 
@@ -46,7 +50,8 @@ class Result:
     seconds: float
     cpu_pct: float
     machine_pct: float
-    cpu_us_per_packet: float
+    user_us: float
+    sys_us: float
     lateness_p50_ms: float | None
     lateness_p99_ms: float | None
     lateness_max_ms: float | None
@@ -55,15 +60,18 @@ class Result:
     sent: int
     received: int
     lost: int
+    far_cpu_pct: float | None = None
 
     def row(self) -> str:
         def f(v: float | None) -> str:
             return "-" if v is None else f"{v:.2f}"
 
+        far = "-" if self.far_cpu_pct is None else f"{self.far_cpu_pct:.1f}"
         per_stream = self.cpu_pct / self.streams
         return (
-            f"| {self.streams} | {self.cpu_pct:.1f} | {self.machine_pct:.0f} | {per_stream:.3f} | "
-            f"{self.cpu_us_per_packet:.1f} | {f(self.lateness_p50_ms)} | "
+            f"| {self.streams} | {self.cpu_pct:.1f} | {far} | {self.machine_pct:.0f} | "
+            f"{per_stream:.3f} | {self.user_us + self.sys_us:.1f} "
+            f"({self.user_us:.1f} + {self.sys_us:.1f}) | {f(self.lateness_p50_ms)} | "
             f"{f(self.lateness_p99_ms)} | {f(self.lateness_max_ms)} | "
             f"{f(self.loop_lag_p99_ms)} | {self.skipped_ticks} | {self.sent} | "
             f"{self.received} | {self.lost} |"
@@ -71,11 +79,11 @@ class Result:
 
 
 HEADER = (
-    "| streams | CPU % of one core | machine busy % (200 = 2 cores) | CPU % per stream | "
-    "CPU µs per packet (tx+rx) | "
+    "| streams | CPU % of one core | far end CPU % | machine busy % (200 = 2 cores) | "
+    "CPU % per stream | CPU µs per packet (user + sys) | "
     "lateness p50 ms | lateness p99 ms | lateness max ms | loop lag p99 ms | skipped ticks | "
     "packets sent | packets received | lost |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -86,44 +94,128 @@ def _machine_busy() -> float:
     return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
 
 
-async def run_one(n: int, seconds: float, port_range: tuple[int, int]) -> Result:
-    """Open ``n`` legs in pairs, run them, measure, close."""
+async def open_legs(n: int, port_range: tuple[int, int]) -> tuple[MediaEngine, list[RtpSession]]:
     engine = MediaEngine(port_range, rand=random.Random(n))
     engine.start()
     codec = codec_by_name("PCMU")
     source = get_source("tone", {"frequency_hz": 1000}, codec, 20)
-    legs: list[RtpSession] = [await engine.open_session(codec, 20, source) for _ in range(n)]
-    for i in range(0, n - 1, 2):
-        a, b = legs[i], legs[i + 1]
-        a.start((LOCAL, b.local_port), (LOCAL, b.local_rtcp_port))
-        b.start((LOCAL, a.local_port), (LOCAL, a.local_rtcp_port))
+    return engine, [await engine.open_session(codec, 20, source) for _ in range(n)]
+
+
+class FarEnd:
+    """The partner legs in a child process (``--serve-far-end``), talking over pipes.
+
+    Protocol, one JSON line each way: the child prints its RTP ports; the
+    parent writes its own; the child starts sending; on "stop" the child stops
+    sending, drains 0.5 s and prints per-leg ``sent``/``received`` and its CPU.
+    """
+
+    def __init__(self, n: int, port_range: tuple[int, int], loop_kind: str) -> None:
+        args = [sys.executable, os.path.abspath(__file__), "--serve-far-end", str(n)]
+        args += ["--port-range", f"{port_range[0]}-{port_range[1]}"]
+        args += ["--loop", loop_kind]
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    async def _line(self) -> Any:
+        assert self.proc.stdout is not None
+        line = await asyncio.get_running_loop().run_in_executor(None, self.proc.stdout.readline)
+        if not line:
+            raise RuntimeError(f"far end exited ({self.proc.wait()})")
+        return json.loads(line)
+
+    def _write(self, obj: Any) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(obj) + "\n")
+        self.proc.stdin.flush()
+
+    async def ports(self) -> list[int]:
+        return list(await self._line())
+
+    def start(self, ports: list[int]) -> None:
+        self._write(ports)
+
+    async def stop(self) -> dict[str, Any]:
+        self._write("stop")
+        result: dict[str, Any] = await self._line()
+        self.proc.wait(10)
+        return result
+
+
+async def serve_far_end(n: int, port_range: tuple[int, int]) -> None:
+    """The child side of :class:`FarEnd`."""
+    engine, legs = await open_legs(n, port_range)
+    loop = asyncio.get_running_loop()
+    print(json.dumps([s.local_port for s in legs]), flush=True)
+    peers = json.loads(await loop.run_in_executor(None, sys.stdin.readline))
+    for s, port in zip(legs, peers, strict=True):
+        s.start((LOCAL, port), (LOCAL, port + 1))
+    cpu0, wall0 = time.process_time(), time.monotonic()
+    await loop.run_in_executor(None, sys.stdin.readline)  # "stop"
+    cpu = 100 * (time.process_time() - cpu0) / (time.monotonic() - wall0)
+    for s in legs:
+        s.set_sending(False)
+    await asyncio.sleep(0.5)
+    out = {
+        "sent": [s.send_stats.packets_sent for s in legs],
+        "received": [s.recv_stats.packets_received for s in legs],
+        "cpu_pct": cpu,
+    }
+    print(json.dumps(out), flush=True)
+    await engine.close()
+
+
+async def run_one(
+    n: int, seconds: float, port_range: tuple[int, int], far: FarEnd | None
+) -> Result:
+    """Open ``n`` legs (in pairs, or each with a far-end leg), run them, measure, close."""
+    engine, legs = await open_legs(n, port_range)
+    if far is None:
+        for i in range(0, n - 1, 2):
+            a, b = legs[i], legs[i + 1]
+            a.start((LOCAL, b.local_port), (LOCAL, b.local_rtcp_port))
+            b.start((LOCAL, a.local_port), (LOCAL, a.local_rtcp_port))
+    else:
+        far_ports = await far.ports()
+        far.start([s.local_port for s in legs])
+        for s, port in zip(legs, far_ports, strict=True):
+            s.start((LOCAL, port), (LOCAL, port + 1))
     await asyncio.sleep(1.0)  # warm-up: every stream in its slot
     engine.take_clock_stats()
     sent0 = sum(s.send_stats.packets_sent for s in legs)
     recv0 = sum(s.recv_stats.packets_received for s in legs)
-    cpu0, wall0, busy0 = time.process_time(), time.monotonic(), _machine_busy()
+    cpu0, wall0, busy0 = os.times(), time.monotonic(), _machine_busy()
     await asyncio.sleep(seconds)
-    cpu1, wall1, busy1 = time.process_time(), time.monotonic(), _machine_busy()
+    cpu1, wall1, busy1 = os.times(), time.monotonic(), _machine_busy()
     sent1 = sum(s.send_stats.packets_sent for s in legs)
     recv1 = sum(s.recv_stats.packets_received for s in legs)
     clock = engine.take_clock_stats()
     for s in legs:
         s.set_sending(False)
-    await asyncio.sleep(0.5)  # drain
-    lost = 0
-    for i in range(0, n - 1, 2):
-        a, b = legs[i], legs[i + 1]
-        lost += a.send_stats.packets_sent - b.recv_stats.packets_received
-        lost += b.send_stats.packets_sent - a.recv_stats.packets_received
+    lost, far_cpu = 0, None
+    if far is None:
+        await asyncio.sleep(0.5)  # drain
+        for i in range(0, n - 1, 2):
+            a, b = legs[i], legs[i + 1]
+            lost += a.send_stats.packets_sent - b.recv_stats.packets_received
+            lost += b.send_stats.packets_sent - a.recv_stats.packets_received
+    else:
+        report = await far.stop()  # the far end drains 0.5 s, so do we meanwhile
+        await asyncio.sleep(0.1)
+        far_cpu = report["cpu_pct"]
+        for s, f_sent, f_recv in zip(legs, report["sent"], report["received"], strict=True):
+            lost += s.send_stats.packets_sent - f_recv
+            lost += f_sent - s.recv_stats.packets_received
     await engine.close()
     wall = wall1 - wall0
-    packets = (sent1 - sent0) + (recv1 - recv0)
+    packets = max((sent1 - sent0) + (recv1 - recv0), 1)
+    user, system = cpu1.user - cpu0.user, cpu1.system - cpu0.system
     return Result(
         streams=n,
         seconds=wall,
-        cpu_pct=100 * (cpu1 - cpu0) / wall,
+        cpu_pct=100 * (user + system) / wall,
         machine_pct=100 * (busy1 - busy0) / wall,
-        cpu_us_per_packet=1e6 * (cpu1 - cpu0) / max(packets, 1),
+        user_us=1e6 * user / packets,
+        sys_us=1e6 * system / packets,
         lateness_p50_ms=clock.lateness_p50_ms,
         lateness_p99_ms=clock.lateness_p99_ms,
         lateness_max_ms=clock.lateness_max_ms,
@@ -132,6 +224,7 @@ async def run_one(n: int, seconds: float, port_range: tuple[int, int]) -> Result
         sent=sent1 - sent0,
         received=recv1 - recv0,
         lost=lost,
+        far_cpu_pct=far_cpu,
     )
 
 
@@ -141,6 +234,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=10.0, help="measured window per N")
     p.add_argument("--port-range", default="20000-29999", help="RTP ports, e.g. 20000-29999")
     p.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
+    p.add_argument(
+        "--far-end",
+        choices=["same", "process"],
+        default="same",
+        help="partner legs in this process (pairs) or each leg's partner in a child process",
+    )
+    p.add_argument("--serve-far-end", type=int, metavar="N", help=argparse.SUPPRESS)
     p.add_argument("--output", help="write the markdown table to this file")
     return p.parse_args(argv)
 
@@ -149,22 +249,30 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     low, high = (int(x) for x in args.port_range.split("-"))
     counts = [int(x) for x in args.streams.split(",")]
+    runner: Callable[[Coroutine[Any, Any, Any]], Any] = asyncio.run
     if args.loop == "uvloop":
         import uvloop
 
         runner = uvloop.run
-    else:
-        runner = asyncio.run
+    if args.serve_far_end is not None:
+        runner(serve_far_end(args.serve_far_end, (low, high)))
+        return 0
+    mid = low + (high - low) // 2
+    ours = (low, mid) if args.far_end == "process" else (low, high)
     lines = [
         f"`{' '.join(['python', 'bench/rtp_streams.py', *sys.argv[1:]])}` "
-        f"({args.loop}, {os.cpu_count()} CPUs, load average before: "
+        f"({args.loop}, far end {args.far_end}, {os.cpu_count()} CPUs, "
+        f"load average before: "
         f"{', '.join(f'{x:.2f}' for x in os.getloadavg())})",
         "",
         HEADER,
     ]
     print("\n".join(lines), flush=True)
     for n in counts:
-        result = runner(run_one(n, args.seconds, (low, high)))
+        far = None
+        if args.far_end == "process":
+            far = FarEnd(n, (mid + 2, high), args.loop)
+        result = runner(run_one(n, args.seconds, ours, far))
         lines.append(result.row())
         print(result.row(), flush=True)
     if args.output:

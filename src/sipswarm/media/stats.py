@@ -120,7 +120,7 @@ class RtpReceiveStats:
         self._lost_before = 0
         self._expected_before = 0
         self._int_start: float | None = None
-        self._int_packets = 0
+        self._int_packets = 0  # packets_received/bytes_received at the interval's start
         self._int_bytes = 0
         self.interval_fraction_lost: float | None = None
         self.interval_packets_rate: float | None = None
@@ -182,17 +182,14 @@ class RtpReceiveStats:
         self._unique += 1
         self.packets_received += 1
         self.bytes_received += size
-        self._int_packets += 1
-        self._int_bytes += size
         self.last_arrival = now
         # RFC 3550 §6.4.1 jitter, inline (see _update_jitter)
         if self._jitter_valid:
             d = (now - self._last_arrival_ts) * self.clock_rate - (
                 ((ts - self._last_ts + 0x80000000) & 0xFFFFFFFF) - 0x80000000
             )
-            if d < 0:
-                d = -d
-            j = self.jitter + (d - self.jitter) * 0.0625
+            j = self.jitter
+            j += ((d if d >= 0 else -d) - j) * 0.0625
             self.jitter = j
             if j > self.jitter_max:
                 self.jitter_max = j
@@ -223,8 +220,6 @@ class RtpReceiveStats:
             return
         self.packets_received += 1
         self.bytes_received += size
-        self._int_packets += 1
-        self._int_bytes += size
         self.last_arrival = now
         if jitter:
             self._update_jitter(hdr.timestamp, now)
@@ -245,8 +240,6 @@ class RtpReceiveStats:
                 early = self._probation_packets - 1
                 self.packets_received += early
                 self.bytes_received += early * size
-                self._int_packets += early
-                self._int_bytes += early * size
                 return True
             return False
         self.probation_dropped += self._probation_packets
@@ -370,10 +363,10 @@ class RtpReceiveStats:
             self.interval_fraction_lost = 0.0
         if start is not None and now > start:
             span = now - start
-            self.interval_packets_rate = self._int_packets / span
-            self.interval_bytes_rate = self._int_bytes * 8 / span
-        self._int_packets = 0
-        self._int_bytes = 0
+            self.interval_packets_rate = (self.packets_received - self._int_packets) / span
+            self.interval_bytes_rate = (self.bytes_received - self._int_bytes) * 8 / span
+        self._int_packets = self.packets_received
+        self._int_bytes = self.bytes_received
 
     def report_block(self) -> tuple[int, int, int, int] | None:
         """Figures of an RTCP report block (§6.4.1) since the previous call, or None.
