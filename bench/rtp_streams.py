@@ -9,15 +9,23 @@ each other over 127.0.0.1). So N = 1000 means 50,000 packets/s sent and
 For every N the benchmark opens the sessions, lets them run one second, then
 measures for ``--seconds``: CPU of this process (user + system, % of one
 core) and of the whole machine (the kernel's loopback delivery partly runs
-in ksoftirqd, outside this process), CPU per stream and per packet, send lateness against the media
-clock's schedule (p50/p99/max), event-loop lag (p99), skipped clock ticks,
-and, after the senders stop and the last packets drain, receive loss
-(packets a partner sent that never arrived). It prints a markdown table and
-writes it with ``--output``.
+in ksoftirqd, outside this process), CPU per stream and per packet (user
+and system time), send lateness against the media clock's schedule
+(p50/p99/max), event-loop lag (p99), skipped clock ticks, and, after the
+senders stop and the sockets drain (until nothing arrives for 0.3 s),
+receive loss (packets a partner sent that never arrived).
+
+``--far-end process`` puts each leg's partner in a child process (the same
+engine, started by this script) so that this process is measured alone, as
+when the far end is SIPp or a real system under test: N legs here send N x 50
+and receive N x 50 packets/s; the child's CPU is reported next to it.
+
+It prints a markdown table and writes it with ``--output``.
 
 A benchmark, not a test: figures depend on what else runs on the machine.
 
-    python bench/rtp_streams.py --streams 250,500,1000,2000 --seconds 10
+    python bench/rtp_streams.py --streams 250,500,1000,1500,2000 --seconds 10
+    python bench/rtp_streams.py --streams 250,500,1000,1500,2000 --seconds 10 --far-end process
 """
 
 from __future__ import annotations
@@ -102,12 +110,27 @@ async def open_legs(n: int, port_range: tuple[int, int]) -> tuple[MediaEngine, l
     return engine, [await engine.open_session(codec, 20, source) for _ in range(n)]
 
 
+async def drain(legs: list[RtpSession], limit: float = 10.0) -> None:
+    """Wait until no leg has received anything for 0.3 s (at most ``limit`` seconds).
+
+    A starved process can hold a backlog of thousands of datagrams in its
+    socket buffers; a fixed wait would count them as lost.
+    """
+    last, stable = -1, 0
+    end = time.monotonic() + limit
+    while time.monotonic() < end and stable < 3:
+        total = sum(s.recv_stats.packets_received for s in legs)
+        stable = stable + 1 if total == last else 0
+        last = total
+        await asyncio.sleep(0.1)
+
+
 class FarEnd:
     """The partner legs in a child process (``--serve-far-end``), talking over pipes.
 
     Protocol, one JSON line each way: the child prints its RTP ports; the
     parent writes its own; the child starts sending; on "stop" the child stops
-    sending, drains 0.5 s and prints per-leg ``sent``/``received`` and its CPU.
+    sending, drains and prints per-leg ``sent``/``received`` and its CPU.
     """
 
     def __init__(self, n: int, port_range: tuple[int, int], loop_kind: str) -> None:
@@ -154,7 +177,7 @@ async def serve_far_end(n: int, port_range: tuple[int, int]) -> None:
     cpu = 100 * (time.process_time() - cpu0) / (time.monotonic() - wall0)
     for s in legs:
         s.set_sending(False)
-    await asyncio.sleep(0.5)
+    await drain(legs)
     out = {
         "sent": [s.send_stats.packets_sent for s in legs],
         "received": [s.recv_stats.packets_received for s in legs],
@@ -193,14 +216,14 @@ async def run_one(
         s.set_sending(False)
     lost, far_cpu = 0, None
     if far is None:
-        await asyncio.sleep(0.5)  # drain
+        await drain(legs)
         for i in range(0, n - 1, 2):
             a, b = legs[i], legs[i + 1]
             lost += a.send_stats.packets_sent - b.recv_stats.packets_received
             lost += b.send_stats.packets_sent - a.recv_stats.packets_received
     else:
-        report = await far.stop()  # the far end drains 0.5 s, so do we meanwhile
-        await asyncio.sleep(0.1)
+        report = await far.stop()  # the far end drains, so do we meanwhile
+        await drain(legs)
         far_cpu = report["cpu_pct"]
         for s, f_sent, f_recv in zip(legs, report["sent"], report["received"], strict=True):
             lost += s.send_stats.packets_sent - f_recv

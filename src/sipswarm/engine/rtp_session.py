@@ -227,7 +227,8 @@ class RtpSession:
     def open_sockets(self, dscp: int | None) -> None:
         """Start reading the bound sockets on the event loop (called by the engine).
 
-        The sockets are used directly (``loop.add_reader`` and ``sock.sendto``),
+        The sockets are used directly (``loop.add_reader``, ``sock.sendto`` and,
+        once connected, ``sock.send``; see the module docstring),
         not through asyncio transports: measured on this machine, a transport's
         ``sendto`` costs ~1 µs more per packet, and its reader drains each
         socket until EAGAIN, one extra ``recvmsg`` per packet at 50 packets/s
