@@ -12,7 +12,7 @@ from collections.abc import Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sipswarm.sip.digest import digest_flow
+from sipswarm.sip.digest import DigestCache, digest_flow
 from sipswarm.sip.events import Event, Owner, TraceRecord
 from sipswarm.sip.message import SipMessage, build_response
 from sipswarm.sip.timers import Timers
@@ -170,22 +170,31 @@ class Authenticator:
     challenge cannot or may no longer be answered.
     """
 
-    __slots__ = ("_flow", "first", "spec")
+    __slots__ = ("_flow", "_sent", "first", "spec")
 
-    def __init__(self, core: Core, account: Account | None, spec: RequestSpec) -> None:
+    def __init__(
+        self,
+        core: Core,
+        account: Account | None,
+        spec: RequestSpec,
+        cache: DigestCache | None = None,
+    ) -> None:
         self.spec = spec
+        self._sent = False
         self._flow: Generator[tuple[RequestSpec, str], SipMessage, SipMessage] | None = None
         if account is None:
             self.first = (spec, "")
             return
-        self._flow = digest_flow(account, core.ids.cnonce, self._render, spec.method, spec.ruri)
+        self._flow = digest_flow(
+            account, core.ids.cnonce, self._render, spec.method, spec.ruri, cache
+        )
         self.first = next(self._flow)
 
     def _render(self, name: str | None, value: str | None) -> tuple[RequestSpec, str]:
-        if name is None:
-            return self.spec, ""
-        self.spec = self.spec.next()
-        return self.spec, f"{name}: {value}\r\n"
+        if self._sent:
+            self.spec = self.spec.next()  # a retry: next CSeq (RFC 3261 22.2)
+        self._sent = True
+        return self.spec, f"{name}: {value}\r\n" if name is not None else ""
 
     def retry(self, response: SipMessage) -> tuple[RequestSpec, str] | None:
         """Next attempt answering the challenge in ``response``, or None."""

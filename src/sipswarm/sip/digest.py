@@ -40,6 +40,7 @@ from sipswarm.sip.config import Account
 
 __all__ = [
     "ALGORITHMS",
+    "DigestCache",
     "DigestChallenge",
     "authorization",
     "digest_flow",
@@ -223,20 +224,45 @@ def pick_challenge(
     return None
 
 
+@dataclass(slots=True)
+class DigestCache:
+    """The last challenge answered in a series of requests to one server (a
+    registration's REGISTERs): the next request of the series carries credentials
+    up front, same nonce and nc + 1 (RFC 7616 3.4: the server may accept a nonce
+    several times), so a refresh is one round trip as on real phones. Emptied by
+    :meth:`clear` when an outcome says the cached credentials are no good."""
+
+    header: str = ""
+    challenge: DigestChallenge | None = None
+    nc: int = 0
+
+    def clear(self) -> None:
+        self.header, self.challenge, self.nc = "", None, 0
+
+
 def digest_flow(
     account: Account,
     cnonce: Callable[[], str],
     render: Callable[[str | None, str | None], R],
     method: str,
     uri: str,
+    cache: DigestCache | None = None,
 ) -> Generator[R, Resp, Resp]:
     """Yield requests, receive their final responses; return the final response to act on.
 
     ``render(None, None)`` is the first attempt; ``render(name, value)`` adds
     the credentials header. The returned response is a 2xx, a non-auth
     failure, or the 401/407 that could not (or may no longer) be answered.
+    With a ``cache`` holding a challenge, the first attempt already carries
+    credentials for it; a 401/407 to that attempt is answered as a first
+    challenge (the normal flow), and every challenge answered is cached.
     """
-    response = yield render(None, None)
+    if cache is not None and cache.challenge is not None:
+        cache.nc += 1
+        value = authorization(cache.challenge, account, method, uri, cnonce(), cache.nc)
+        response = yield render(cache.header, value)
+    else:
+        response = yield render(None, None)
     answered = False
     stale_retries = 0
     while response.status in _CHALLENGE_HEADER:
@@ -250,6 +276,9 @@ def digest_flow(
                 return response
             stale_retries += 1
         answered = True
-        value = authorization(challenge, account, method, uri, cnonce())
+        nc = 1
+        if cache is not None:
+            cache.header, cache.challenge, cache.nc = header, challenge, 1
+        value = authorization(challenge, account, method, uri, cnonce(), nc)
         response = yield render(header, value)
     return response

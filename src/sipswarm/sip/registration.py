@@ -10,6 +10,9 @@ granted expiry is taken from our Contact's ``expires`` parameter, else the
 scheduled at ``max(granted / 2, granted - REFRESH_MARGIN)`` seconds after the
 REGISTER was sent. A 423 is retried once with the registrar's Min-Expires
 (10.3 step 7). ``unregister`` sends the same binding with ``Expires: 0``.
+Refreshes and the unregister carry credentials for the last challenge up front
+(:class:`~sipswarm.sip.digest.DigestCache`: same nonce, nc + 1), so they take
+one round trip; a 401 to them (stale nonce) is answered as usual.
 
 Events: RegistrationSucceeded / RegistrationFailed for each REGISTER outcome
 (initial and refresh), Unregistered when the Expires: 0 REGISTER finishes.
@@ -22,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from sipswarm.errors import InvalidState
 from sipswarm.sip.core import Authenticator
+from sipswarm.sip.digest import DigestCache
 from sipswarm.sip.events import RegistrationFailed, RegistrationSucceeded, Unregistered
 from sipswarm.sip.request import ALLOW, RequestSpec
 
@@ -92,6 +96,7 @@ class Registration:
         self._started = 0.0
         self._refresh = False
         self._retried_423 = False
+        self.digest = DigestCache()  # pre-emptive credentials for refreshes/unregister
 
     def go(self, new: RegState) -> None:
         if new not in TRANSITIONS[self.state]:
@@ -127,7 +132,7 @@ class Registration:
             routes=self.routes,
             extra=f"Expires: {expires}\r\nAllow: {ALLOW}\r\n",
         )
-        self._auth = Authenticator(self.core, self.account, spec)
+        self._auth = Authenticator(self.core, self.account, spec, self.digest)
         self._started = now
         self._transmit(*self._auth.first, now)
 
@@ -153,6 +158,11 @@ class Registration:
         """Timer F: report 408 (RFC 3261 8.1.3.1)."""
         if txn is self._txn:
             self._finish(408, "Request Timeout", None, now)
+
+    def on_transport_error(self, txn: ClientTransaction, reason: str, now: float) -> None:
+        """The transport failed: report 503 (RFC 3261 8.1.3.1)."""
+        if txn is self._txn:
+            self._finish(503, f"transport error: {reason}", None, now)
 
     def on_timer(self, name: str, now: float) -> None:
         """The refresh timer."""
@@ -196,6 +206,7 @@ class Registration:
                 )
             )
             return
+        self.digest.clear()  # whatever was cached did not lead to a binding
         self.go(R.FAILED)
         self.core.emit(RegistrationFailed(self.owner, status, reason, ms, self._refresh))
 

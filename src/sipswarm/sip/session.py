@@ -141,6 +141,14 @@ class Session(Call):
         else:
             self.bye_timeout(txn, now)
 
+    def on_transport_error(self, txn: ClientTransaction, reason: str, now: float) -> None:
+        """Client transaction user: the transport failed under our BYE or re-INVITE (503)."""
+        text = f"transport error: {reason}"
+        if txn.spec.method == "INVITE" and txn is self._re_txn:
+            self._reinvite_done(ReInviteFailed(self.owner, self, 503, text))
+        elif txn is self._bye_txn:
+            self.finish(CallTeardownFailed(self.owner, self, 503, text))
+
     def bye_timeout(self, txn: ClientTransaction, now: float) -> None:
         """Timer F on our BYE."""
         if txn is self._bye_txn:

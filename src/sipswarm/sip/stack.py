@@ -330,6 +330,21 @@ class SipStack:
         if action is not None:
             action(self, call, now)
 
+    def transport_error(self, remote: Address, now: float, reason: str = "") -> int:
+        """The transport to ``remote`` failed (ICMP unreachable, connection refused or
+        reset, TLS failure): every client transaction still waiting for a final
+        response from ``remote`` ends at once as if Timer B/F fired, with 503
+        (RFC 3261 8.1.3.1): RegistrationFailed/Unregistered, CallFailed,
+        CallTeardownFailed or ReInviteFailed with code 503. Returns how many ended."""
+        core = self._core
+        core.now = now
+        core.count("transport_errors")
+        text = reason or "unreachable"
+        failed = [t for t in core.client_txns.values() if t.remote == remote and t.waiting]
+        for txn in failed:
+            txn.transport_error(text, now)
+        return len(failed)
+
     # -- input ----------------------------------------------------------------------
     def receive_message(self, data: bytes, remote: Address, now: float) -> None:
         """One datagram or one framed stream message from ``remote``. Never raises."""

@@ -122,6 +122,7 @@ NON_INVITE_SERVER: dict[tuple[TxnState, str], TxnState] = {
 }
 
 CLIENT_TIMERS = ("A", "B", "D", "E", "F", "K", "M")
+WAITING = frozenset({S.CALLING, S.TRYING, S.PROCEEDING})  # no final response yet
 SERVER_TIMERS = ("G", "H", "I", "J", "L")
 
 
@@ -146,6 +147,10 @@ class ClientUser(Protocol):
 
     def on_timeout(self, txn: ClientTransaction, now: float) -> None:
         """Timer B or F fired: no final response (report as 408, RFC 3261 8.1.3.1)."""
+
+    def on_transport_error(self, txn: ClientTransaction, reason: str, now: float) -> None:
+        """The transport failed: no final response will come (report as 503,
+        RFC 3261 8.1.3.1)."""
 
 
 def _response_kind(status: int, invite: bool) -> str:
@@ -225,6 +230,21 @@ class ClientTransaction:
         old = self.state
         self.state = new
         self._ON_TIMER[name](self, old, now)
+
+    @property
+    def waiting(self) -> bool:
+        """True until a final response arrives (Calling/Trying/Proceeding)."""
+        return self.state in WAITING
+
+    def transport_error(self, reason: str, now: float) -> None:
+        """RFC 3261 8.1.3.1 / 17.1.4: the transport reported a failure while we wait
+        for a final response: terminate at once and inform the TU (503), as if Timer
+        B/F had fired, instead of retransmitting into the void for 32 s."""
+        if not self.waiting:
+            return
+        self.host.count("transport_failures")
+        self._terminate()
+        self.tu.on_transport_error(self, reason, now)
 
     # -- responses ------------------------------------------------------------------
     def _on_provisional(self, old: TxnState, msg: SipMessage, now: float) -> None:

@@ -106,6 +106,17 @@ class UacCall(Session):
         elif txn.spec.method == "INVITE" and txn is self._invite_txn and not self.finished:
             self.fail(408, "no final response to INVITE (Timer B)", "local")
 
+    def on_transport_error(self, txn: ClientTransaction, reason: str, now: float) -> None:
+        """The transport failed under our INVITE: CallFailed(503) (RFC 3261 8.1.3.1)."""
+        if txn is self._invite_txn and not self.finished:
+            self.core.timers.cancel_all(self, ("ring", "cancel_guard"))
+            self.fail(503, f"transport error: {reason}", "local")
+        elif txn.spec.method == "CANCEL" and not self.finished:
+            # the CANCEL cannot leave: the INVITE's own outcome (or the guard) decides
+            self.core.count("cancel_transport_errors")
+        else:
+            super().on_transport_error(txn, reason, now)
+
     def _is_reinvite(self, txn: ClientTransaction) -> bool:
         # In-dialog INVITEs take CSeqs above the initial INVITE's (auth retries included).
         return txn.spec.method == "INVITE" and txn.spec.cseq > self._spec.cseq
@@ -253,6 +264,9 @@ class _IgnoreResponses:
         pass
 
     def on_timeout(self, txn: ClientTransaction, now: float) -> None:
+        pass
+
+    def on_transport_error(self, txn: ClientTransaction, reason: str, now: float) -> None:
         pass
 
 
