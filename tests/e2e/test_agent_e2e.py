@@ -161,7 +161,7 @@ def check_items(items: list[dict[str, Any]], run_id: str, n: int) -> None:
             30.0,
             marks=pytest.mark.skipif(
                 not os.environ.get("SIPSWARM_E2E_FULL"),
-                reason="the 30 s cut of issue 4 runs with SIPSWARM_E2E_FULL=1 (~75 s)",
+                reason="the 30 s cut of issue 4 runs with SIPSWARM_E2E_FULL=1 (~50 s)",
             ),
         ),
     ],
