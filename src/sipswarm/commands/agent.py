@@ -19,6 +19,7 @@ import uvloop
 from sipswarm.agent.backend import BackendFactory
 from sipswarm.agent.config import AgentConfig, add_arguments, load_config
 from sipswarm.agent.main import run_agent
+from sipswarm.agent.shard_process import tune_gc
 from sipswarm.agent.shards import sharded_backend_factory
 from sipswarm.engine.engine import engine_backend_factory
 from sipswarm.errors import ConfigError
@@ -50,5 +51,7 @@ def main(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"sipswarm agent: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    if config.shards == 1:  # the engine runs in this process
+        tune_gc()
     code: int = uvloop.run(run_agent(config, backend_factory_for(config)))
     return code
