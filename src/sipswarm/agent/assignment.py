@@ -327,8 +327,6 @@ def _check_supported(ep: AssignEndpoint, held: Collection[str]) -> list[str]:
         out.append(
             f"media.srtp {ep.media.srtp.value!r} is not supported by this worker yet; use 'off'"
         )
-    if ep.registrar.transport is Transport.WSS:
-        out.append("registrar.transport 'wss' is not supported by this worker yet; use udp/tcp/tls")
     for i, action in enumerate(ep.actions):
         if action.do in (ActionKind.HOLD, ActionKind.RESUME):
             out.append(

@@ -6,7 +6,8 @@ One :class:`EndpointEngine` per engine shard (one process, one event loop)
 implements :class:`~sipswarm.agent.backend.Backend`. It owns:
 
 * the SIP runtimes (:class:`~sipswarm.engine.sip_runtime.SipRuntime`): one
-  shared socket per transport (``udp``/``tcp``/``tls``), opened on first use,
+  shared socket per transport (``udp``/``tcp``/``tls``/``ws``/``wss``; for
+  WebSocket one connection per server), opened on first use,
   or with ``socket_per_endpoint`` one socket per endpoint, as real phones have;
 * the :class:`~sipswarm.engine.media_engine.MediaEngine` (RTP port pool, the
   one media clock) and the RFC 3263 :class:`~sipswarm.engine.resolver.SipResolver`;
@@ -63,6 +64,7 @@ __all__ = ["CANCEL_DEADLINE_S", "EndpointEngine", "EngineSettings", "engine_back
 #: PROTOCOL.md: a cancelled run's endpoints are closed within 5 s; force what is left by then.
 CANCEL_DEADLINE_S = 4.5
 _WILDCARD = ("0.0.0.0", "::", "")
+_TRANSPORTS = ("udp", "tcp", "tls", "ws", "wss")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +76,8 @@ class EngineSettings:
     sockets only). ``socket_per_endpoint`` gives each endpoint its own SIP
     socket and port. ``tls`` verifies servers for ``tls`` transport;
     ``tls_cert``/``tls_key`` let a TLS listener accept connections.
+    ``ws_path`` is the URL path of the server's SIP WebSocket endpoint
+    (``ws``/``wss``, RFC 7118); ``tls.server_name`` is also its Host name.
     """
 
     bind_host: str = "127.0.0.1"
@@ -88,8 +92,11 @@ class EngineSettings:
     resolver: ResolverSettings | None = None
     media_dir: Path | None = None
     timers: TimerConfig = field(default_factory=TimerConfig)
+    ws_path: str = "/"
 
     def __post_init__(self) -> None:
+        if not self.ws_path.startswith("/"):
+            raise ConfigError(f"ws_path must start with '/', got {self.ws_path!r}")
         if self.max_endpoints < 1:
             raise ConfigError(f"max_endpoints must be >= 1, got {self.max_endpoints}")
         if not 0 <= self.sip_port < 65536:
@@ -186,9 +193,9 @@ class EndpointEngine:
 
     async def runtime_for(self, endpoint: Endpoint, transport: str) -> SipRuntime:
         """The SIP runtime an endpoint uses: shared per transport or its own socket."""
-        if transport not in ("udp", "tcp", "tls"):
+        if transport not in _TRANSPORTS:
             raise ConfigError(
-                f"registrar.transport {transport!r} is not supported; use udp/tcp/tls"
+                f"registrar.transport {transport!r} is not supported; use udp/tcp/tls/wss"
             )
         target = endpoint.target.address if endpoint.target is not None else None
         if self.settings.socket_per_endpoint:
@@ -213,10 +220,10 @@ class EndpointEngine:
             advertised = source_address_towards(target)
             self.sdp_address = advertised
         client_tls = server_tls = None
-        if transport == "tls":
+        if transport in ("tls", "wss"):
             client_tls = client_context(s.tls)
-            if s.tls_cert and s.tls_key:
-                server_tls = server_context(s.tls_cert, s.tls_key)
+        if transport == "tls" and s.tls_cert and s.tls_key:
+            server_tls = server_context(s.tls_cert, s.tls_key)
         settings = RuntimeSettings(
             transport,
             s.bind_host,
@@ -226,6 +233,10 @@ class EndpointEngine:
             client_tls,
             server_tls,
             s.timers,
+            # RFC 7118 §5: a random .invalid host in Via and Contact of a WebSocket client.
+            contact_host=f"{self._rng.getrandbits(48):012x}.invalid",
+            ws_path=s.ws_path,
+            server_name=s.tls.server_name,
         )
         return await SipRuntime.open(self.loop, settings, self._ids)
 

@@ -43,11 +43,14 @@ from sipswarm.errors import ConfigError, ResolutionError
 
 __all__ = ["DEFAULT_PORTS", "ResolverSettings", "ServerTarget", "SipResolver"]
 
-DEFAULT_PORTS = {"UDP": 5060, "TCP": 5060, "TLS": 5061}
+DEFAULT_PORTS = {"UDP": 5060, "TCP": 5060, "TLS": 5061, "WS": 80, "WSS": 443}
 # RFC 3263 §4.1: NAPTR service field -> transport; SRV prefix per transport.
 _NAPTR_SERVICES = {"SIP+D2U": "UDP", "SIP+D2T": "TCP", "SIPS+D2T": "TLS"}
 _SRV_PREFIX = {"UDP": "_sip._udp.", "TCP": "_sip._tcp.", "TLS": "_sips._tcp."}
 _TRANSPORTS = ("UDP", "TCP", "TLS")
+# RFC 7118 defines no NAPTR/SRV service for SIP over WebSocket: only when asked for
+# explicitly, by A/AAAA and the port given (default 80/443, the URI's scheme).
+_WEBSOCKET = ("WS", "WSS")
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,15 +145,19 @@ class SipResolver:
     ) -> list[ServerTarget]:
         """Return the targets for ``host`` in failover order (RFC 3263 §4).
 
-        ``transport`` is ``auto`` or one of UDP/TCP/TLS (any case); ``secure``
+        ``transport`` is ``auto`` or one of UDP/TCP/TLS/WS/WSS (any case); ``secure``
         is true for a sips URI (then only TLS qualifies). Raises
         ResolutionError when DNS has nothing usable.
         """
         transport = transport.upper()
-        if transport != "AUTO" and transport not in _TRANSPORTS:
-            raise ConfigError(f"transport must be auto, udp, tcp or tls, got {transport!r}")
+        if transport != "AUTO" and transport not in _TRANSPORTS + _WEBSOCKET:
+            raise ConfigError(
+                f"transport must be auto, udp, tcp, tls, ws or wss, got {transport!r}"
+            )
         if secure and transport in ("UDP", "TCP"):
             transport = "TLS"  # RFC 3263 §4.1: sips is TLS over TCP
+        elif secure and transport == "WS":
+            transport = "WSS"  # RFC 7118: a sips URI over WebSocket means WSS
         domain = host.strip("[]").rstrip(".").lower()
         name, port = self._apply_override(domain, port)
         if name == "localhost" or name.endswith(".localhost"):
@@ -205,7 +212,8 @@ class SipResolver:
         ip = _ip_literal(name)
         if ip is not None:  # RFC 3263 §4.2: numeric IP -> no DNS at all
             return [ServerTarget(transport, (ip, port or DEFAULT_PORTS[transport]), domain)]
-        if port is not None:  # RFC 3263 §4.2: explicit port -> A/AAAA only
+        if port is not None or transport in _WEBSOCKET:  # RFC 3263 §4.2: explicit port
+            port = port or DEFAULT_PORTS[transport]
             return await self._host_targets(name, port, transport, domain)
         targets = await self._srv_targets(_SRV_PREFIX[transport] + name, transport, domain)
         if targets:

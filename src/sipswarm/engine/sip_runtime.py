@@ -3,8 +3,8 @@
 Theory of operation
 -------------------
 :class:`SipRuntime` is the adapter of STYLE.md rules 2 and 3 for one SIP
-socket (UDP) or listener (TCP/TLS): every input goes into the stack with the
-loop's monotonic time, then :meth:`SipRuntime.flush` drains the stack —
+socket (UDP), listener (TCP/TLS) or WebSocket client (WS/WSS): every input
+goes into the stack with the loop's monotonic time, then :meth:`SipRuntime.flush` drains the stack —
 messages to the transport, events and trace records to the owner they name
 (a dict lookup, never a scan) — and re-arms the single
 :class:`~sipswarm.engine.timer.TimerSlot` at ``stack.get_timer()``.
@@ -34,6 +34,7 @@ from typing import Protocol
 from sipswarm.engine.stream import StreamTransport
 from sipswarm.engine.timer import TimerSlot
 from sipswarm.engine.transport import Address, SipTransport, TransportError, UdpTransport
+from sipswarm.engine.ws_transport import WsTransport
 from sipswarm.errors import ConfigError
 from sipswarm.sip.config import StackConfig, TimerConfig
 from sipswarm.sip.events import Event, MessageDropped, Owner, TraceRecord
@@ -57,10 +58,12 @@ class RuntimeOwner(Protocol):
 class RuntimeSettings:
     """Where to bind and what to advertise.
 
-    ``transport`` is ``udp``, ``tcp`` or ``tls``; ``port`` 0 lets the kernel
-    choose. ``public_host`` goes into Via/Contact instead of the bound address
-    (NAT); ``advertised_host`` is the address to use when binding a wildcard
-    address without a public one.
+    ``transport`` is ``udp``, ``tcp``, ``tls``, ``ws`` or ``wss``; ``port`` 0
+    lets the kernel choose. ``public_host`` goes into Via/Contact instead of
+    the bound address (NAT); ``advertised_host`` is the address to use when
+    binding a wildcard address without a public one. WebSocket (a client,
+    nothing is bound): ``contact_host`` is the ``.invalid`` Via/Contact host,
+    ``ws_path`` the server's URL path, ``server_name`` the Host/SNI name.
     """
 
     transport: str
@@ -71,6 +74,9 @@ class RuntimeSettings:
     client_tls: ssl.SSLContext | None = None
     server_tls: ssl.SSLContext | None = None
     timers: TimerConfig = field(default_factory=TimerConfig)
+    contact_host: str | None = None
+    ws_path: str = "/"
+    server_name: str | None = None
 
 
 class SipRuntime:
@@ -115,16 +121,26 @@ class SipRuntime:
             if tls and settings.client_tls is None:
                 transport.close()
                 raise ConfigError("transport tls needs a client TLS context (tls settings)")
+        elif kind in ("ws", "wss"):
+            transport = await WsTransport.open(
+                runtime.receive,
+                runtime._on_error,
+                contact_host=settings.contact_host or "sipswarm.invalid",
+                secure=kind == "wss",
+                client_tls=settings.client_tls,
+                server_name=settings.server_name,
+                path=settings.ws_path,
+            )
         else:
-            raise ConfigError(f"transport must be udp, tcp or tls, got {kind!r}")
+            raise ConfigError(f"transport must be udp, tcp, tls, ws or wss, got {kind!r}")
         host, port = transport.local_address
         if host in ("0.0.0.0", "::"):
             host = settings.advertised_host or "127.0.0.1"
         runtime.transport = transport
         runtime.local = f"{host}:{port}"
-        config = StackConfig(
-            host, port, kind, public_host=settings.public_host, timers=settings.timers
-        )
+        # RFC 7118 §5: a WebSocket client's Via/Contact host is its .invalid name, never NAT's.
+        public = None if kind in ("ws", "wss") else settings.public_host
+        config = StackConfig(host, port, kind, public_host=public, timers=settings.timers)
         runtime.stack = SipStack(config, ids)
         return runtime
 
