@@ -42,6 +42,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from sipswarm.agent.assignment import CallSpec, EndpointSpec
+from sipswarm.engine import receiver
 from sipswarm.engine.call_media import CallMedia
 from sipswarm.engine.host import EndpointHost
 from sipswarm.engine.outcomes import (
@@ -50,6 +51,7 @@ from sipswarm.engine.outcomes import (
     check_transition,
     outcome_for_call_failure,
 )
+from sipswarm.engine.receiver import DEFAULT_IDLE_TIMEOUT_S
 from sipswarm.engine.resolver import ServerTarget
 from sipswarm.engine.scheduler import ScheduledCall
 from sipswarm.engine.sip_runtime import SipRuntime
@@ -61,15 +63,13 @@ from sipswarm.errors import (
     ResourceError,
     SipswarmError,
 )
-from sipswarm.media.codecs import Codec, codec_by_name
+from sipswarm.media.codecs import codec_by_name
 from sipswarm.media.sdp import (
     LocalMedia,
     NegotiatedMedia,
     SdpError,
     SessionDescription,
-    answered_media,
     apply_answer,
-    build_answer,
     build_offer,
     parse_sdp,
 )
@@ -98,8 +98,6 @@ __all__ = ["DEFAULT_CALL", "DEFAULT_IDLE_TIMEOUT_S", "Endpoint", "EndpointHost"]
 
 #: A receiver's call settings when the assignment gives none.
 DEFAULT_CALL = CallSpec(target=None, duration_s=30.0, ring_timeout_s=30.0, answer_delay_ms=0)
-#: How long a receiver waits to be called when ``call.idle_timeout_s`` is absent.
-DEFAULT_IDLE_TIMEOUT_S = 300.0
 
 
 class Endpoint:
@@ -287,8 +285,7 @@ class Endpoint:
         elif self.spec.role is Role.CALLER:
             self._task = self.host.spawn(self._guard(self._place_call()))
         else:
-            idle = self.call_spec.idle_timeout_s or DEFAULT_IDLE_TIMEOUT_S
-            self._timer("idle", idle, self._idle_timeout)
+            self._timer("idle", receiver.idle_limit(self), partial(receiver.idle_timeout, self))
 
     # -- timers -----------------------------------------------------------------------
     def _timer(self, name: str, delay: float, callback: Callable[[float], None]) -> None:
@@ -319,12 +316,6 @@ class Endpoint:
         for handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
-
-    def _idle_timeout(self, now: float) -> None:
-        if self.call is None and not self.closed:
-            idle = self.call_spec.idle_timeout_s or DEFAULT_IDLE_TIMEOUT_S
-            self.fail(Outcome.TIMEOUT, f"receiver was not called within {idle:g} s")
-            self._teardown(now)
 
     def _hang_up(self, now: float) -> None:
         """call.duration_s is over (or a cancel): BYE, CANCEL or decline, whatever fits."""
@@ -414,78 +405,10 @@ class Endpoint:
         if self.cancelled:
             self._hang_up(now)
 
-    # -- receiver -----------------------------------------------------------------------
-    def _on_incoming(self, ev: IncomingCall) -> None:
-        now = self.host.loop.time()
-        if self.service and not self.cancelled:
-            self.host.adopt_call(self, ev)
-            return
-        if self.call is not None or self.spec.role is not Role.RECEIVER or self.cancelled:
-            self._stack().reject(ev.call, 486, now)  # one call per endpoint: busy
-            self._flush()
-            return
-        self.take_call(ev, now)
-
+    # -- receiver (the flow is in sipswarm.engine.receiver) --------------------------------
     def take_call(self, ev: IncomingCall, now: float) -> None:
-        """Handle ``ev`` as this endpoint's one incoming call (also for adopted calls)."""
-        self.call = ev.call
-        old = self._timers.pop("idle", None)
-        if old is not None:
-            old.cancel()
-        self._go(Phase.CALLING, now)
-        try:
-            offer = parse_sdp(ev.sdp_offer)
-            # pick the codec first; the real port goes in once the session is bound
-            probe = build_answer(offer, self._local_media(9), session_id=0)
-            media = answered_media(offer, probe)
-        except (NegotiationError, SdpError) as exc:
-            self.fail(Outcome.NEGOTIATION_FAILED, f"offer not acceptable: {exc}", 488)
-            self._stack().reject(ev.call, 488, now, reason="Not Acceptable Here")
-            self._flush()
-            return
-        self._task = self.host.spawn(self._guard(self._answer_incoming(offer, media.codec)))
-
-    async def _answer_incoming(self, offer: SessionDescription, codec: Codec) -> None:
-        call = self.call
-        try:
-            session = await self.media.open(codec)
-        except (ResourceError, OSError) as exc:
-            self.fail(Outcome.OSERROR, f"cannot open RTP ports: {exc}", 503)
-            if call is not None and not call.terminated:
-                self._stack().reject(call, 503, self.host.loop.time())
-                self._flush()
-            return
-        if call is None or call.terminated or self.closed:
-            self._stop_media()  # cancelled while we bound the ports
-            return
-        now = self.host.loop.time()
-        answer = build_answer(offer, self._local_media(session.local_port), session_id=now_id(now))
-        self.negotiated = answered_media(offer, answer)  # started once the ACK arrives
-        self._stack().ring(call, now)
-        self._go(Phase.RINGING, now)
-        self._flush()
-        delay = self.call_spec.answer_delay_ms / 1000
-        self._timer("answer", delay, lambda t: self._answer(answer.serialise(), t))
-
-    def _answer(self, sdp: bytes, now: float) -> None:
-        call = self.call
-        if call is None or call.terminated or self.closed:
-            return
-        self._stack().answer(call, sdp, now)
-        self._final_ts = now
-        self._go(Phase.NEGOTIATING, now)
-        self._flush()
-
-    def _on_confirmed(self, ev: CallConfirmed) -> None:
-        now = self.host.loop.time()
-        if self.negotiated is not None:
-            try:
-                self.media.start(self.negotiated)
-            except NegotiationError as exc:
-                self.fail(Outcome.NEGOTIATION_FAILED, str(exc), 200)
-                self._hang_up(now)
-                return
-        self._in_call(now)
+        """Handle ``ev`` as this endpoint's incoming call (also for adopted calls)."""
+        receiver.take_call(self, ev, now)
 
     # -- call end -----------------------------------------------------------------------
     def _on_call_failed(self, ev: CallFailed) -> None:
@@ -665,19 +588,14 @@ class Endpoint:
         self.host.endpoint_closed(self)
 
 
-def now_id(now: float) -> int:
-    """An SDP session id from the clock (RFC 4566 5.2 suggests an NTP timestamp)."""
-    return int(now * 1000) & 0x7FFFFFFF
-
-
 _HANDLERS: dict[type, Callable[[Endpoint, Any], None]] = {
     RegistrationSucceeded: Endpoint._on_registered,
     RegistrationFailed: Endpoint._on_registration_failed,
     Unregistered: Endpoint._on_unregistered,
-    IncomingCall: Endpoint._on_incoming,
+    IncomingCall: receiver.on_incoming,
     CallProgress: Endpoint._on_progress,
     CallAnswered: Endpoint._on_answered,
-    CallConfirmed: Endpoint._on_confirmed,
+    CallConfirmed: receiver.on_confirmed,
     CallFailed: Endpoint._on_call_failed,
     CallEnded: Endpoint._on_call_ended,
     CallTeardownFailed: Endpoint._on_teardown_failed,

@@ -1,0 +1,140 @@
+"""The receiver side of an :class:`~sipswarm.engine.endpoint.Endpoint`: take, ring, answer.
+
+Theory of operation
+-------------------
+Kept apart from :mod:`sipswarm.engine.endpoint` (phases, registration,
+caller, teardown) so that the incoming-call flow reads on its own. These are
+functions of the endpoint they act on; the endpoint's handler table points
+INVITE, ACK and idle-timer events here::
+
+    on_incoming(ep, IncomingCall)     busy (486), adopted by a child, or take_call
+    take_call(ep, ev, now)            CALLING; pick the codec from the offer (488 if none)
+    _answer_incoming (task)           bind RTP, 180 -> RINGING, answer after answer_delay_ms
+    _answer(ep, sdp, now)             2xx -> NEGOTIATING
+    on_confirmed(ep, CallConfirmed)   ACK: start media -> INCALL
+    idle_timeout(ep, now)             nobody called within call.idle_timeout_s -> TIMEOUT
+
+RFC 3261 13.3.1: the UAS sends 180 at once and the 2xx when the "user"
+answers (``answer_delay_ms``); 13.3.1.3 the answer's SDP is the session's.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from sipswarm.errors import NegotiationError, ResourceError
+from sipswarm.media.codecs import Codec
+from sipswarm.media.sdp import (
+    SdpError,
+    SessionDescription,
+    answered_media,
+    build_answer,
+    parse_sdp,
+)
+from sipswarm.protocol import Outcome, Phase, Role
+from sipswarm.sip.events import CallConfirmed, IncomingCall
+
+if TYPE_CHECKING:
+    from sipswarm.engine.endpoint import Endpoint
+
+__all__ = ["DEFAULT_IDLE_TIMEOUT_S", "idle_timeout", "on_confirmed", "on_incoming", "take_call"]
+
+#: How long a receiver waits to be called when ``call.idle_timeout_s`` is absent.
+DEFAULT_IDLE_TIMEOUT_S = 300.0
+
+
+def idle_limit(ep: Endpoint) -> float:
+    """The receiver's idle timeout in seconds (``call.idle_timeout_s`` or the default)."""
+    return ep.call_spec.idle_timeout_s or DEFAULT_IDLE_TIMEOUT_S
+
+
+def idle_timeout(ep: Endpoint, now: float) -> None:
+    """Timer: nobody called within the idle timeout -> TIMEOUT, unregister, close."""
+    if ep.call is None and not ep.closed:
+        ep.fail(Outcome.TIMEOUT, f"receiver was not called within {idle_limit(ep):g} s")
+        ep._teardown(now)
+
+
+def on_incoming(ep: Endpoint, ev: IncomingCall) -> None:
+    """An INVITE for this endpoint: adopt (service), refuse busy (486), or take it."""
+    now = ep.host.loop.time()
+    if ep.service and not ep.cancelled:
+        ep.host.adopt_call(ep, ev)
+        return
+    if ep.call is not None or ep.spec.role is not Role.RECEIVER or ep.cancelled:
+        ep._stack().reject(ev.call, 486, now)  # one call per endpoint: busy
+        ep._flush()
+        return
+    take_call(ep, ev, now)
+
+
+def take_call(ep: Endpoint, ev: IncomingCall, now: float) -> None:
+    """Handle ``ev`` as the endpoint's incoming call (also for adopted calls)."""
+    ep.call = ev.call
+    old = ep._timers.pop("idle", None)
+    if old is not None:
+        old.cancel()
+    ep._go(Phase.CALLING, now)
+    try:
+        offer = parse_sdp(ev.sdp_offer)
+        # pick the codec first; the real port goes in once the session is bound
+        probe = build_answer(offer, ep._local_media(9), session_id=0)
+        media = answered_media(offer, probe)
+    except (NegotiationError, SdpError) as exc:
+        ep.fail(Outcome.NEGOTIATION_FAILED, f"offer not acceptable: {exc}", 488)
+        ep._stack().reject(ev.call, 488, now, reason="Not Acceptable Here")
+        ep._flush()
+        return
+    ep._task = ep.host.spawn(ep._guard(_answer_incoming(ep, offer, media.codec)))
+
+
+async def _answer_incoming(ep: Endpoint, offer: SessionDescription, codec: Codec) -> None:
+    call = ep.call
+    try:
+        session = await ep.media.open(codec)
+    except (ResourceError, OSError) as exc:
+        ep.fail(Outcome.OSERROR, f"cannot open RTP ports: {exc}", 503)
+        if call is not None and not call.terminated:
+            ep._stack().reject(call, 503, ep.host.loop.time())
+            ep._flush()
+        return
+    if call is None or call.terminated or ep.closed:
+        ep._stop_media()  # cancelled while we bound the ports
+        return
+    now = ep.host.loop.time()
+    answer = build_answer(offer, ep._local_media(session.local_port), session_id=now_id(now))
+    ep.negotiated = answered_media(offer, answer)  # started once the ACK arrives
+    ep._stack().ring(call, now)
+    ep._go(Phase.RINGING, now)
+    ep._flush()
+    delay = ep.call_spec.answer_delay_ms / 1000
+    sdp = answer.serialise()
+    ep._timer("answer", delay, lambda t: _answer(ep, sdp, t))
+
+
+def _answer(ep: Endpoint, sdp: bytes, now: float) -> None:
+    call = ep.call
+    if call is None or call.terminated or ep.closed:
+        return
+    ep._stack().answer(call, sdp, now)
+    ep._final_ts = now
+    ep._go(Phase.NEGOTIATING, now)
+    ep._flush()
+
+
+def on_confirmed(ep: Endpoint, ev: CallConfirmed) -> None:
+    """ACK for our 2xx: start the negotiated media, INCALL."""
+    now = ep.host.loop.time()
+    if ep.negotiated is not None:
+        try:
+            ep.media.start(ep.negotiated)
+        except NegotiationError as exc:
+            ep.fail(Outcome.NEGOTIATION_FAILED, str(exc), 200)
+            ep._hang_up(now)
+            return
+    ep._in_call(now)
+
+
+def now_id(now: float) -> int:
+    """An SDP session id from the clock (RFC 4566 5.2 suggests an NTP timestamp)."""
+    return int(now * 1000) & 0x7FFFFFFF
