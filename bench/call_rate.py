@@ -37,6 +37,7 @@ from pathlib import Path
 import uvloop
 
 import harness
+from sipswarm.errors import ResourceError
 
 Kamailio = harness.kamailio_peer.Kamailio
 KamailioOptions = harness.kamailio_peer.KamailioOptions
@@ -178,6 +179,7 @@ async def run_swarm(bed: Bed, rate: int, seconds: int, hold_ms: int, callees: ra
     kam = bed.kam.address("udp")
     run_id = f"rate{rate}-{callees[0]}-{time.monotonic_ns()}"
     before = driver.items.calls.copy()
+    reasons_before = driver.items.reasons.copy()
     meter = harness.CpuMeter(bed.trees(driver.generator_pids()))
     meter.start()
     t0 = int(time.time() * 1000) + 1000
@@ -195,7 +197,11 @@ async def run_swarm(bed: Bed, rate: int, seconds: int, hold_ms: int, callees: ra
                 harness.caller(f"{run_id}/{n}", user, password, target, kam,
                                offset_ms=offset, duration_s=hold)
             )  # fmt: skip
-        ids.append(await driver.assign(run_id, eps, t0 + k * 1000))
+        try:
+            ids.append(await driver.assign(run_id, eps, t0 + k * 1000))
+        except ResourceError as exc:  # endpoints of failing calls still hold their slots
+            print(f"  second {k}: generator refused the assignment: {exc}")
+            break
         while time.time() * 1000 < t0 + k * 1000 - 300:
             driver.poll_clock()
             meter.sample()
@@ -208,6 +214,8 @@ async def run_swarm(bed: Bed, rate: int, seconds: int, hold_ms: int, callees: ra
     answered = calls.get("answered", 0)
     if not done:
         print(f"  warning: {run_id} did not finish in time")
+    for reason, count in (driver.items.reasons - reasons_before).most_common(3):
+        print(f"  {count} x {reason}")
     mode = "swarm>sipp" if callees is SIPP_CALLEES else "swarm>swarm"
     lag = driver.clock_summary()["lag_worst"]
     return Result(rate, mode, attempted, answered, attempted - answered, meter.wall,

@@ -219,7 +219,8 @@ async def window(
 
 
 async def run_swarm_swarm(args: argparse.Namespace, workdir: Path, calls: int) -> Level:
-    driver = harness.SwarmDriver(args.e2e_shards, 2 * calls + 10, (20000, 39999))
+    # room for a stale per-shard free count (status every 250 ms) when the split is computed
+    driver = harness.SwarmDriver(args.e2e_shards, 4 * calls + 10, (20000, 39999))
     driver.items.keep_metrics = True
     await driver.start()
     try:
