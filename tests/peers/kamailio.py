@@ -1,4 +1,4 @@
-"""Kamailio registrar + proxy as a test peer on 127.0.0.1, UDP+TCP (+TLS).
+"""Kamailio registrar + proxy as a test peer on 127.0.0.1, UDP+TCP (+TLS) (+WS/WSS).
 
     kam = start_kamailio(KamailioOptions(tls=True))
     kam.address("udp")          # ("127.0.0.1", port)
@@ -9,7 +9,11 @@
 Users 1000..1999 (password ``secret<user>``) and alice/bob/carol
 (``<name>-pw``) live in an sqlite ``subscriber`` table. REGISTER gets a 401
 and initial requests from the local domain a 407 (digest, qop=auth), unless
-``auth=False``. Kamailio runs in the foreground (``-DD``) as our child, with
+``auth=False``. ``ws=True`` adds a SIP WebSocket listener (RFC 7118, modules
+``xhttp`` + ``websocket`` from kamailio-websocket-modules; ``kam.address("ws")``)
+and, with TLS, a WSS one (``kam.address("wss")``): clients there are reached over
+their connection (nathelper ``fix_nated_register`` / ``add_contact_alias`` /
+``handle_ruri_alias``). Kamailio runs in the foreground (``-DD``) as our child, with
 its pid file, config, database and control socket in a private temp dir.
 """
 
@@ -36,6 +40,11 @@ def kamailio_available() -> bool:
     return shutil.which("kamailio") is not None
 
 
+def ws_available() -> bool:
+    """True when kamailio-websocket-modules is installed."""
+    return (MODULES_DIR / "websocket.so").is_file() and (MODULES_DIR / "xhttp.so").is_file()
+
+
 def tls_available() -> bool:
     """True when kamailio-tls-modules is installed."""
     return any(MODULES_DIR.glob("tls.so")) or any(Path("/usr/lib").rglob("kamailio/modules/tls.so"))
@@ -43,10 +52,14 @@ def tls_available() -> bool:
 
 @dataclass(frozen=True)
 class KamailioOptions:
-    """What to start. ``tls=None`` means: TLS if the module is installed."""
+    """What to start. ``tls=None`` means: TLS if the module is installed.
+
+    ``ws=True`` also listens for SIP over WebSocket (and WSS when TLS is on).
+    """
 
     auth: bool = True
     tls: bool | None = None
+    ws: bool = False
     users: range = range(1000, 2000)
     extra_users: dict[str, str] = field(default_factory=lambda: dict(EXTRA_USERS))
     domain: str = LOOPBACK
@@ -69,18 +82,23 @@ class Kamailio:
     process: ManagedProcess
     certs: CertFiles | None
     host: str = LOOPBACK
+    ws_port: int | None = None
+    wss_port: int | None = None
 
     @property
     def pid(self) -> int:
         return self.process.pid
 
     def address(self, transport: str = "udp") -> tuple[str, int]:
-        """(host, port) to send to for ``udp``, ``tcp`` or ``tls``."""
-        if transport.lower() == "tls":
-            if self.tls_port is None:
-                raise RuntimeError("this Kamailio was started without TLS")
-            return (self.host, self.tls_port)
-        return (self.host, self.port)
+        """(host, port) to send to for ``udp``, ``tcp``, ``tls``, ``ws`` or ``wss``."""
+        ports = {"tls": self.tls_port, "ws": self.ws_port, "wss": self.wss_port}
+        kind = transport.lower()
+        if kind not in ports:
+            return (self.host, self.port)
+        port = ports[kind]
+        if port is None:
+            raise RuntimeError(f"this Kamailio was started without {kind.upper()}")
+        return (self.host, port)
 
     def uri(self, transport: str = "udp", user: str | None = None) -> str:
         host, port = self.address(transport)
@@ -127,8 +145,12 @@ def _make_db(path: Path, options: KamailioOptions) -> None:
     db.close()
 
 
-def _write_config(workdir: Path, options: KamailioOptions, port: int, tls_port: int | None) -> Path:
+def _write_config(
+    workdir: Path, options: KamailioOptions, port: int, tls_port: int | None, ws: tuple[int, int]
+) -> Path:
     values = {
+        "WS_PORT": str(ws[0]),
+        "WSS_PORT": str(ws[1]),
         "DEBUG": str(options.debug),
         "DOMAIN": options.domain,
         "CHILDREN": str(options.children),
@@ -191,13 +213,15 @@ def start_kamailio(options: KamailioOptions | None = None) -> Kamailio:
     workdir = Path(tempfile.mkdtemp(prefix="sipswarm-kam-"))
     port = free_port(("udp", "tcp"))
     tls_port = free_port(("tcp",)) if tls else None
+    ws_port = free_port(("tcp",)) if options.ws else None
+    wss_port = free_port(("tcp",)) if options.ws and tls else None
     certs = _write_tls_cfg(workdir) if tls else None
     if options.auth:
         _make_db(workdir / "users.sqlite", options)
-    cfg = _write_config(workdir, options, port, tls_port)
+    cfg = _write_config(workdir, options, port, tls_port, (ws_port or 0, wss_port or 0))
     defines = [
         arg
-        for flag, on in (("WITH_AUTH", options.auth), ("WITH_TLS", tls))
+        for flag, on in (("WITH_AUTH", options.auth), ("WITH_TLS", tls), ("WITH_WS", options.ws))
         if on
         for arg in ("-A", flag)
     ]
@@ -212,6 +236,7 @@ def start_kamailio(options: KamailioOptions | None = None) -> Kamailio:
             "-m", str(options.shm_mb), "-M", str(options.pkg_mb)]  # fmt: skip
     process = ManagedProcess(argv, workdir / "kamailio.log", cwd=workdir)
     kam = Kamailio(options, port, tls_port, workdir, process, certs)
+    kam.ws_port, kam.wss_port = ws_port, wss_port
 
     def answers() -> bool:
         if not process.running():
@@ -221,8 +246,9 @@ def start_kamailio(options: KamailioOptions | None = None) -> Kamailio:
 
     try:
         wait_until(answers, options.ready_timeout, "kamailio (OPTIONS ping)", interval=0.1)
-        if tls_port is not None:
-            wait_until(lambda: _tcp_open(kam.address("tls")), 5, "kamailio TLS port")
+        for kind, extra in (("tls", tls_port), ("ws", ws_port), ("wss", wss_port)):
+            if extra is not None:
+                wait_until(lambda k=kind: _tcp_open(kam.address(k)), 5, f"kamailio {kind} port")
     except BaseException:
         kam.stop()
         raise

@@ -49,7 +49,13 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--password", help="digest password")
     parser.add_argument("--auth-user", help="digest user name when it differs from --user")
     parser.add_argument("--domain", help="SIP domain of the account (default: registrar host)")
-    parser.add_argument("--transport", choices=["udp", "tcp", "tls"], default="udp")
+    parser.add_argument(
+        "--transport",
+        choices=["udp", "tcp", "tls", "ws", "wss"],
+        default="udp",
+        help="ws/wss: SIP over WebSocket (RFC 7118) to --registrar, as a browser phone",
+    )
+    parser.add_argument("--ws-path", default="/", help="URL path of the WS/WSS server (/)")
     parser.add_argument("--duration", type=float, default=5.0, help="hang up after N s (5)")
     parser.add_argument("--codecs", default="PCMU,PCMA", help="in order of preference")
     parser.add_argument("--ptime", type=int, default=20, help="packet time, ms (20)")
@@ -86,6 +92,14 @@ def endpoint_spec(
     )
     if args.registrar and not args.user:
         raise ConfigError("--registrar needs --user (and usually --password)")
+    transport, proxy = args.transport, None
+    if transport in ("ws", "wss") and not args.registrar:
+        raise ConfigError(
+            f"--transport {transport} needs --registrar: a WebSocket client is reached only "
+            "over the connection it registered on (or put ;transport=ws in the target URI)"
+        )
+    if transport == "ws":  # the assign protocol has no 'ws': a ;transport=ws proxy URI says it
+        transport, proxy = "auto", f"sip:{reg_host}:{reg_port or 80};transport=ws"
     raw = {
         "endpoint_id": f"cli/{role}",
         "role": role,
@@ -98,7 +112,8 @@ def endpoint_spec(
             "domain": args.domain or reg_host or domain_fallback,
             "host": reg_host,
             "port": reg_port,
-            "transport": args.transport,
+            "transport": transport,
+            "outbound_proxy": proxy,
             "register": bool(args.registrar),
         },
         "call": {
@@ -127,6 +142,7 @@ def engine_settings(args: argparse.Namespace, bind: str, port: int) -> EngineSet
         rtp_port_range=rtp_range(args.rtp_ports),
         max_endpoints=1000,
         tls=TlsSettings(verify=args.tls_verify, ca_file=args.ca_file),
+        ws_path=args.ws_path,
     )
 
 
