@@ -154,3 +154,34 @@ def test_dead_shard_closes_its_endpoints_with_oserror(
     assert finished[0]["outcomes"] == {"OSERROR": 3, "CANCELLED": 3}
     closed = [i for i in out if i["kind"] == "phase" and i["phase"] == "CLOSED"]
     assert len(closed) == 6
+
+
+def test_capacity_reserved_until_the_shard_confirms(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A status frame that crossed a start on the pipe must not promise the same room twice."""
+    monkeypatch.chdir(ROOT)
+    out: list[dict[str, Any]] = []
+    backend = ShardedBackend(config(tmp_path), out.append, "tests.agent.shard_factories:endless", 2)
+
+    async def scenario() -> None:
+        await backend.start()
+        try:
+            assert backend.free_endpoints() == 10
+            first = asyncio.ensure_future(backend.start_assignment(spec(6, "a-1", "r-1")))
+            await asyncio.sleep(0)  # the start frames are written, not yet confirmed
+            for shard in backend._shards:  # stale status frames, sent before the start
+                backend._on_status(shard, ("status", {**shard.status, "free": 5}))
+            assert backend.free_endpoints() == 4
+            await first
+            assert backend.free_endpoints() == 4
+            with pytest.raises(ResourceError, match="4 endpoints free, 5 requested"):
+                await backend.start_assignment(spec(5, "a-2", "r-2"))
+            await backend.start_assignment(spec(4, "a-3", "r-3"))
+            await backend.cancel_run("r-1", "user")
+            await backend.cancel_run("r-3", "user")
+            await asyncio.wait_for(backend.wait_idle(), 10)
+        finally:
+            await backend.close()
+
+    run(scenario())

@@ -159,7 +159,15 @@ class _Shard:
         self.alive = False
         self.restarts = 0
         self.started: dict[str, asyncio.Future[str | None]] = {}
+        # endpoints sent in a "start" the shard has not confirmed yet: its status
+        # frames until then do not count them (they may cross the start on the pipe)
+        self.reserved: dict[str, int] = {}
         self.cancelled: dict[str, asyncio.Future[None]] = {}
+
+    @property
+    def free(self) -> int:
+        """Free endpoints as the supervisor can promise them now."""
+        return max(0, int(self.status["free"]) - sum(self.reserved.values()))
 
     def send(self, frame: tuple[Any, ...]) -> None:
         if self.proc is not None and self.proc.stdin is not None and self.alive:
@@ -250,7 +258,7 @@ class ShardedBackend:
 
     # -- Backend: questions -----------------------------------------------------------
     def free_endpoints(self) -> int:
-        return sum(int(s.status["free"]) for s in self._shards if s.alive and s.ready.is_set())
+        return sum(s.free for s in self._shards if s.alive and s.ready.is_set())
 
     def active_endpoints(self) -> int:
         return sum(int(s.status["active"]) for s in self._shards if s.alive)
@@ -281,13 +289,13 @@ class ShardedBackend:
         """Split ``spec`` over the live shards and start every part (ResourceError if
         it does not fit or a shard refuses; parts already started are cancelled)."""
         live = [s for s in self._shards if s.alive and s.ready.is_set()]
-        parts = split_assignment(spec, [int(s.status["free"]) for s in live])
+        parts = split_assignment(spec, [s.free for s in live])
         entry = _Assignment(spec, {})
         for shard, part in zip(live, parts, strict=True):
             if part is not None:
                 ids = {e.endpoint_id for e in part.endpoints}
                 entry.parts[shard.index] = _Part(ids, spec.run_id, len(ids))
-                shard.status["free"] = int(shard.status["free"]) - len(part.endpoints)
+                shard.reserved[spec.assignment_id] = len(part.endpoints)
         self._assignments[spec.assignment_id] = entry
         self._idle.clear()
         loop = asyncio.get_running_loop()
@@ -347,6 +355,11 @@ class ShardedBackend:
         shard.status = frame[1]
 
     def _on_started(self, shard: _Shard, frame: tuple[Any, ...]) -> None:
+        # the shard's own status frames count these endpoints from now on; the
+        # next status is sent after this frame, so until then keep the estimate
+        reserved = shard.reserved.pop(frame[1], 0)
+        if frame[2] is None:
+            shard.status["free"] = max(0, int(shard.status["free"]) - reserved)
         future = shard.started.pop(frame[1], None)
         if future is not None and not future.done():
             future.set_result(frame[2])
@@ -429,6 +442,7 @@ class ShardedBackend:
             if not cancelled.done():
                 cancelled.set_result(None)
         shard.started.clear()
+        shard.reserved.clear()
         shard.cancelled.clear()
         if self._closing:
             return
