@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 import textwrap
 import urllib.error
 import urllib.request
@@ -163,6 +164,8 @@ def test_full_run_over_two_workers(tmp_path: Path) -> None:
         parser.feed(page)
         assert parser.svgs == 6 and parser.external == []
         assert "PASS" in page and "rx" in page
+        assert "<td>ASR (%)</td><td>100</td>" in page, "ratios are shown as percentages"
+        assert re.search(r"<td>RUNNING</td><td>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}Z</td>", page)
         await w1.disconnect()
         await w2.disconnect()
 

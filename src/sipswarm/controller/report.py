@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,12 @@ def _fmt(v: Any, digits: int = 3) -> str:
     return escape(str(v))
 
 
+def _utc(ts_ms: int) -> str:
+    """Epoch milliseconds as an ISO 8601 UTC time with milliseconds."""
+    moment = datetime.fromtimestamp(ts_ms / 1000.0, tz=UTC)
+    return moment.strftime("%Y-%m-%d %H:%M:%S.") + f"{ts_ms % 1000:03d}Z"
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     head = "".join(f"<th>{escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in r) + "</tr>" for r in rows)
@@ -121,14 +128,14 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 AGG_ROWS = (
     ("calls attempted", "calls.attempted"),
     ("calls answered", "calls.answered"),
-    ("ASR", "asr"),
-    ("NER", "ner"),
+    ("ASR (%)", "asr%"),
+    ("NER (%)", "ner%"),
     ("PDD p50 / p95 / p99 (ms)", ("pdd.p50", "pdd.p95", "pdd.p99")),
     ("setup p50 / p95 / p99 (ms)", ("setup.p50", "setup.p95", "setup.p99")),
     ("time to first media p50 / p95 / p99 (ms)", ("ttfm.p50", "ttfm.p95", "ttfm.p99")),
     ("MOS mean / min / p5", ("mos.mean", "mos.min", "mos.p5")),
     ("jitter mean / p95 / max (ms)", ("jitter.mean", "jitter.p95", "jitter.max")),
-    ("loss", "loss"),
+    ("packet loss (%)", "loss%"),
     ("RTT mean / p95 / max (ms)", ("rtt.mean", "rtt.p95", "rtt.max")),
     ("registrations ok / attempted", ("registrations.succeeded", "registrations.attempted")),
     ("register p50 / p95 (ms)", ("register.p50", "register.p95")),
@@ -144,6 +151,9 @@ def _aggregate_table(aggs: dict[str, Any]) -> str:
             m = a["metrics"]
             if isinstance(keys, tuple):
                 row.append(" / ".join(_fmt(m.get(k)) for k in keys))
+            elif keys.endswith("%"):  # a ratio shown as a percentage
+                ratio = m.get(keys[:-1])
+                row.append(_fmt(None if ratio is None else round(100.0 * ratio, 2)))
             else:
                 row.append(_fmt(m.get(keys)))
         rows.append(row)
@@ -184,7 +194,7 @@ def _charts(series: list[dict[str, Any]], pdd: list[dict[str, float]]) -> str:
             line_chart("Active calls", "calls", {"active calls": pick("active_calls")}),
             line_chart("MOS (mean of endpoints)", "MOS", {"MOS": pick("mos")}),
             line_chart("Jitter (mean)", "ms", {"jitter": pick("jitter_ms")}),
-            line_chart("Packet loss (mean fraction lost)", "%", {"loss": loss}),
+            line_chart("Packet loss (mean fraction lost)", "fraction", {"loss": loss}),
             bar_chart("PDD histogram", "calls", bars),
         ]
     )
@@ -223,9 +233,13 @@ def render_html(report: dict[str, Any]) -> str:
         f"{'PASS' if t['passed'] else 'FAIL'}</td></tr>"
         for t in thresholds
     )
+    start = report["timeline"][0]["ts"] if report["timeline"] else 0
     timeline = _table(
-        ["status", "time (Unix ms)", "reason"],
-        [[e["status"], e["ts"], e["reason"]] for e in report["timeline"]],
+        ["status", "time (UTC)", "elapsed (s)", "reason"],
+        [
+            [e["status"], _utc(e["ts"]), round((e["ts"] - start) / 1000.0, 1), e["reason"]]
+            for e in report["timeline"]
+        ],
     )
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
