@@ -13,13 +13,12 @@ of the source is written into the stream's preallocated packet buffer
 Received datagrams go straight into
 :class:`~sipswarm.media.stats.RtpReceiveStats` with a monotonic arrival time.
 
-RTCP (RFC 3550 §6): an SR when we sent RTP since the last report, else an RR,
-each with one report block about the peer's stream and our CNAME, at the
-randomised A.7 interval. RTT comes from the LSR/DLSR of the peer's report
-block about our stream (§6.4.1); the peer's loss and jitter become the
-``remote`` figures. With rtcp-mux (RFC 5761) RTCP shares the RTP socket and
-is told apart by :func:`~sipswarm.media.rtcp.is_rtcp`. :meth:`RtpSession.stop`
-sends a BYE (§6.6) and returns the ports.
+RTCP (RFC 3550 §6) is the session's
+:class:`~sipswarm.engine.rtcp_session.RtcpReporter`: SR or RR at the
+randomised A.7 interval, RTT from LSR/DLSR, the peer's view of our stream as
+the ``remote`` figures. With rtcp-mux (RFC 5761) RTCP shares the RTP socket
+and is told apart by :func:`~sipswarm.media.rtcp.is_rtcp`.
+:meth:`RtpSession.stop` sends a BYE (§6.6) and returns the ports.
 
 Once per second (a chore on the media clock, spread over the second) the
 session closes its metrics interval and rates the call with the E-model. The
@@ -59,23 +58,12 @@ from typing import Any, Final, Protocol
 
 from sipswarm.engine.media_clock import MediaClock
 from sipswarm.engine.ports import PortAllocation, disconnect_udp, set_dscp
+from sipswarm.engine.rtcp_session import IP_UDP_OVERHEAD, RTCP_BW_FRACTION, RtcpReporter
 from sipswarm.engine.rtp_dtmf import DtmfPlayback
 from sipswarm.errors import ConfigError, InvalidState
 from sipswarm.media.dtmf import DtmfEvent, DtmfReceiver, DtmfSender
 from sipswarm.media.emodel import impairment_for, mos_from_r, r_factor
-from sipswarm.media.rtcp import (
-    ReportBlock,
-    SenderInfo,
-    build_bye,
-    build_receiver_report,
-    build_sender_report,
-    is_rtcp,
-    ntp_from_unix,
-    ntp_middle32,
-    parse_rtcp,
-    rtcp_interval,
-    rtt_seconds,
-)
+from sipswarm.media.rtcp import build_bye, is_rtcp
 from sipswarm.media.rtp import RtpPacketWriter, parse_rtp_header
 from sipswarm.media.stats import (
     Quality,
@@ -88,10 +76,15 @@ from sipswarm.media.stats import (
 Address = tuple[str, int]
 _monotonic = time.monotonic
 
-#: RTCP bandwidth share (RFC 3550 §6.2); the session bandwidth is estimated as one payload
-#: octet per timestamp unit (exact for G.711) plus RTP/UDP/IP headers.
-RTCP_BW_FRACTION: Final = 0.05
-IP_UDP_OVERHEAD: Final = 28
+__all__ = [
+    "IP_UDP_OVERHEAD",
+    "RECV_SIZE",
+    "RTCP_BW_FRACTION",
+    "FrameSource",
+    "MediaCodec",
+    "RtpSession",
+    "SessionState",
+]
 
 
 def _discard(data: bytes) -> int:
@@ -162,7 +155,7 @@ class RtpSession:
         cname: str,
         rand: random.Random,
     ) -> None:
-        self._loop = loop
+        self.loop = loop
         self._clock = clock
         self._alloc = alloc
         self.codec = codec
@@ -170,7 +163,7 @@ class RtpSession:
         self._frame = source.frame
         self.ssrc = ssrc
         self.cname = cname
-        self._rand = rand
+        self.rand = rand
         self.state = SessionState.OPEN
         rate = codec.rtp_clock_rate
         self._step = ptime_ms * rate // 1000
@@ -186,9 +179,6 @@ class RtpSession:
         self.quality = Quality()
         self.remote = RemoteReport()
         self.socket_errors = 0
-        self.rtcp_received = 0
-        self.rtcp_invalid = 0
-        self.remote_bye = False
         self._frame_index = 0
         self._last_due = 0.0
         self._sending = False
@@ -207,15 +197,8 @@ class RtpSession:
         self._remote_rtcp: Address | None = None
         self._mux = False
         self._latch = False
-        self._lsr = 0
-        self._lsr_at = 0.0
-        self._rtcp_handle: asyncio.TimerHandle | None = None
-        self._packets_at_report = 0
-        self._avg_rtcp_size = 128.0
-        # RFC 3550 §6.2: RTCP gets 5 % of the session bandwidth (RTP packets with IP/UDP)
-        pkt_bits = (self._step + 12 + IP_UDP_OVERHEAD) * 8
-        self._rtcp_bw = pkt_bits * (1000 / ptime_ms) * RTCP_BW_FRACTION
-        self._wall_offset = time.time() - time.monotonic()
+        self.rtcp = RtcpReporter(self, self._step, ptime_ms)
+        self.wall_offset = time.time() - time.monotonic()
         try:
             impairment_for(codec.name)
             self._rated = True
@@ -241,10 +224,10 @@ class RtpSession:
             set_dscp(rtp_sock, dscp)
             if rtcp_sock is not None:
                 set_dscp(rtcp_sock, dscp)
-        self._loop.add_reader(rtp_sock.fileno(), self._on_rtp_readable)
+        self.loop.add_reader(rtp_sock.fileno(), self._on_rtp_readable)
         self._rtp_sock = rtp_sock
         if rtcp_sock is not None:
-            self._loop.add_reader(rtcp_sock.fileno(), self._on_rtcp_readable)
+            self.loop.add_reader(rtcp_sock.fileno(), self._on_rtcp_readable)
             self._rtcp_sock = rtcp_sock
 
     @property
@@ -266,7 +249,7 @@ class RtpSession:
     def first_rtp_ts(self) -> int | None:
         """Epoch milliseconds of the first RTP packet received, None before it."""
         first = self.recv_stats.first_arrival
-        return None if first is None else round((first + self._wall_offset) * 1000)
+        return None if first is None else round((first + self.wall_offset) * 1000)
 
     def _transition(self, action: str) -> None:
         nxt = TRANSITIONS.get((self.state, action))
@@ -311,8 +294,8 @@ class RtpSession:
             self._send = self._send_unconnected if self._rtp_sock is not None else _discard
         self._dtmf_pt = -1 if dtmf_payload_type is None else dtmf_payload_type
         self.set_sending(send)
-        if self._rtcp_handle is None:
-            self._schedule_rtcp(initial=True)
+        if not self.rtcp.scheduled:
+            self.rtcp.schedule(initial=True)
 
     def set_sending(self, send: bool) -> None:
         """Start or pause sending RTP (hold) without touching reception or RTCP."""
@@ -393,7 +376,7 @@ class RtpSession:
 
     def _close_rtcp_socket(self) -> None:
         if self._rtcp_sock is not None:
-            self._loop.remove_reader(self._rtcp_sock.fileno())
+            self.loop.remove_reader(self._rtcp_sock.fileno())
             self._rtcp_sock = None
             self._alloc.close_rtcp()
 
@@ -500,77 +483,43 @@ class RtpSession:
         end = hdr.payload_offset + hdr.payload_length
         self._dtmf_receiver.receive(data[hdr.payload_offset : end], hdr.timestamp)
 
-    # -- RTCP ------------------------------------------------------------------------------
+    # -- RTCP (the reports themselves are in sipswarm.engine.rtcp_session) --------------
+
+    @property
+    def started(self) -> bool:
+        """True between :meth:`start` and :meth:`stop`."""
+        return self.state is SessionState.STARTED
+
+    @property
+    def sending(self) -> bool:
+        """True while RTP is sent (started and not on hold)."""
+        return self._sending
+
+    @property
+    def rtcp_received(self) -> int:
+        """Valid RTCP compound packets received."""
+        return self.rtcp.received
+
+    @property
+    def rtcp_invalid(self) -> int:
+        """RTCP datagrams that did not parse (counted, dropped)."""
+        return self.rtcp.invalid
+
+    @property
+    def remote_bye(self) -> bool:
+        """True once the peer sent an RTCP BYE."""
+        return self.rtcp.remote_bye
+
+    def rtp_timestamp_at(self, now: float) -> int:
+        """RTP timestamp of monotonic ``now``: the last frame's plus the time since it was due."""
+        last_ts = self._writer.timestamp - self._step
+        return last_ts + int((now - self._last_due) * self.codec.rtp_clock_rate)
 
     def _on_rtcp(self, data: bytes) -> None:
-        report = parse_rtcp(data)
-        if report is None:
-            self.rtcp_invalid += 1
-            return
-        self.rtcp_received += 1
-        self._avg_rtcp_size += (len(data) + IP_UDP_OVERHEAD - self._avg_rtcp_size) / 16
-        if report.sender_info is not None:
-            self._lsr = ntp_middle32(report.sender_info.ntp_ts)
-            self._lsr_at = time.monotonic()
-        for block in report.blocks:
-            if block.ssrc == self.ssrc:
-                self._apply_remote_block(block)
-        if report.bye:
-            self.remote_bye = True
+        self.rtcp.receive(data)
 
-    def _apply_remote_block(self, block: ReportBlock) -> None:
-        """The peer's view of our stream (§6.4.1) and the RTT from its LSR/DLSR."""
-        rtt = rtt_seconds(ntp_middle32(ntp_from_unix(time.time())), block.lsr, block.dlsr)
-        remote = self.remote
-        remote.reports_received += 1
-        remote.fraction_lost = block.fraction_lost / 256
-        remote.packets_lost = block.cumulative_lost
-        remote.jitter_ms = block.jitter * 1000 / self.codec.rtp_clock_rate
-        if rtt is not None:
-            remote.rtt_ms = rtt * 1000
-            self.quality.rtt_ms = rtt * 1000
-
-    def _report_blocks(self) -> list[ReportBlock]:
-        figures = self.recv_stats.report_block()
-        ssrc = self.recv_stats.ssrc
-        if figures is None or ssrc is None:
-            return []
-        fraction, lost, highest, jitter = figures
-        dlsr = int((time.monotonic() - self._lsr_at) * 65536) if self._lsr else 0
-        return [
-            ReportBlock(
-                ssrc=ssrc,
-                fraction_lost=fraction,
-                cumulative_lost=min(lost, 0x7FFFFF),
-                highest_seq=highest & 0xFFFFFFFF,
-                jitter=jitter & 0xFFFFFFFF,
-                lsr=self._lsr,
-                dlsr=dlsr & 0xFFFFFFFF,
-            )
-        ]
-
-    def _build_report(self) -> bytes:
-        """An SR if we sent RTP since the last report (§6.4), else an RR."""
-        stats = self.send_stats
-        blocks = self._report_blocks()
-        if stats.packets_sent > self._packets_at_report:
-            self._packets_at_report = stats.packets_sent
-            now = time.monotonic()
-            # RTP timestamp of this instant: the last frame's plus the time since it was due
-            last_ts = self._writer.timestamp - self._step
-            rtp_ts = last_ts + int((now - self._last_due) * self.codec.rtp_clock_rate)
-            info = SenderInfo(
-                ntp_ts=ntp_from_unix(now + self._wall_offset),
-                rtp_ts=rtp_ts & 0xFFFFFFFF,
-                packet_count=stats.packets_sent,
-                octet_count=stats.octets_sent,
-            )
-            stats.rtcp_sr_sent += 1
-            return build_sender_report(self.ssrc, info, blocks, self.cname)
-        stats.rtcp_rr_sent += 1
-        return build_receiver_report(self.ssrc, blocks, self.cname)
-
-    def _send_rtcp_now(self, data: bytes) -> None:
+    def send_rtcp(self, data: bytes) -> None:
+        """Send one RTCP compound packet to the peer's RTCP address (muxed: the RTP socket)."""
         sock = self._rtp_sock if self._mux else self._rtcp_sock
         if sock is None or self._remote_rtcp is None:
             return
@@ -579,28 +528,7 @@ class RtpSession:
         except OSError:
             self.socket_errors += 1
             return
-            self._avg_rtcp_size += (len(data) + IP_UDP_OVERHEAD - self._avg_rtcp_size) / 16
-
-    def _on_rtcp_timer(self) -> None:
-        self._rtcp_handle = None
-        if self.state is not SessionState.STARTED:
-            return
-        self._send_rtcp_now(self._build_report())
-        self._schedule_rtcp(initial=False)
-
-    def _schedule_rtcp(self, initial: bool) -> None:
-        """RFC 3550 A.7 interval, two members, with the random factor drawn here (engine)."""
-        senders = int(self._sending) + int(self.recv_stats.ssrc is not None)
-        interval = rtcp_interval(
-            members=2,
-            senders=max(senders, 1),
-            rtcp_bw_bps=self._rtcp_bw,
-            we_sent=self._sending,
-            avg_rtcp_size=self._avg_rtcp_size,
-            initial=initial,
-            rand_factor=self._rand.uniform(0.5, 1.5),
-        )
-        self._rtcp_handle = self._loop.call_later(interval, self._on_rtcp_timer)
+            self.rtcp.avg_rtcp_size += (len(data) + IP_UDP_OVERHEAD - self.rtcp.avg_rtcp_size) / 16
 
     # -- per second and teardown -----------------------------------------------------------
 
@@ -638,15 +566,13 @@ class RtpSession:
             return
         self._clock.remove(self._send_frame)
         self._sending = False
-        if self._rtcp_handle is not None:
-            self._rtcp_handle.cancel()
-            self._rtcp_handle = None
+        self.rtcp.cancel()
         if was is SessionState.STARTED:
-            bye = build_bye(self.ssrc, reason, cname=self.cname, blocks=self._report_blocks())
-            self._send_rtcp_now(bye)
+            bye = build_bye(self.ssrc, reason, cname=self.cname, blocks=self.rtcp.report_blocks())
+            self.send_rtcp(bye)
         self._close_rtcp_socket()
         if self._rtp_sock is not None:
-            self._loop.remove_reader(self._rtp_sock.fileno())
+            self.loop.remove_reader(self._rtp_sock.fileno())
             self._rtp_sock = None
         self._connected = False
         self._send = _discard
