@@ -528,7 +528,8 @@ class RtpSession:
         except OSError:
             self.socket_errors += 1
             return
-            self.rtcp.avg_rtcp_size += (len(data) + IP_UDP_OVERHEAD - self.rtcp.avg_rtcp_size) / 16
+        # RFC 3550 6.3.3/A.7: our own reports count in the average compound size too
+        self.rtcp.avg_rtcp_size += (len(data) + IP_UDP_OVERHEAD - self.rtcp.avg_rtcp_size) / 16
 
     # -- per second and teardown -----------------------------------------------------------
 
