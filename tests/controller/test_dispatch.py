@@ -82,6 +82,8 @@ def test_direct_phasing_uses_contacts_round_robin() -> None:
     assert wid == "w" and [e.start_offset_ms for e in rx.endpoints] == [0, 250, 500]
     assert all(e.role == "receiver" and e.registrar.register_ is False for e in rx.endpoints)
     assert rx.start_at == 10_000 and rx.run_id == "r-1"
+    # 4 callers dealt round-robin over 3 receivers: each is told how many calls to expect
+    assert [e.call.expected_calls for e in rx.endpoints if e.call] == [2, 1, 1]
     # window: last receiver starts at +500, plus 2 s
     assert d.get_timer() == 12_500
     assert not d.callers_due(11_000)
@@ -92,15 +94,16 @@ def test_direct_phasing_uses_contacts_round_robin() -> None:
     d.receive_outcome("r-1/rx/1")  # rx/1 failed and closed: settled, but no contact
     assert d.callers_due(11_000)
     ((wid, tx),), unreachable = d.caller_assigns(start_at_ms=11_000)
-    assert unreachable == []
+    # a caller only calls its planned receiver (it expects exactly its callers' calls):
+    # rx/1's caller is not re-routed to another receiver but reported unreachable
+    assert [u.endpoint_id for u in unreachable] == ["r-1/tx/1"]
     targets = [e.call.target for e in tx.endpoints if e.call]
     assert targets == [
         "sip:200@127.0.0.1:40000",
         "sip:202@127.0.0.1:40002",
         "sip:200@127.0.0.1:40000",
-        "sip:202@127.0.0.1:40002",
     ]
-    assert [e.start_offset_ms for e in tx.endpoints] == [0, 250, 500, 750]
+    assert [e.start_offset_ms for e in tx.endpoints] == [0, 500, 750]
     assert tx.assignment_id != rx.assignment_id
 
 
@@ -130,13 +133,12 @@ def test_registered_receivers_are_dialled_by_aor() -> None:
     d.receive_phase("r-2/rx/1", Phase.REGISTERED, "sip:201@127.0.0.1:5999")
     d.receive_phase("r-2/rx/0", Phase.CLOSED, None)
     assert d.callers_due(1)
-    ((_, tx),), _ = d.caller_assigns(5)
+    ((_, tx),), unreachable = d.caller_assigns(5)
     assert [e.call.target for e in tx.endpoints if e.call] == [
-        "sip:201@pbx.test",
-        "sip:201@pbx.test",
         "sip:201@pbx.test",
         "sip:echo@pbx.test",
     ]
+    assert [u.endpoint_id for u in unreachable] == ["r-2/tx/0", "r-2/tx/2"]  # rx/0's callers
     frame = assign_json(tx, plan)
     assert frame["type"] == "assign" and frame["settings"] == {
         "trace": "all",

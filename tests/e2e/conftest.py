@@ -164,7 +164,7 @@ async def assign_pairs(
             f"{run_id}/receivers/{i}",
             "receiver",
             str(base_user + i),
-            call={"duration_s": duration_s + 30, "idle_timeout_s": 60},
+            call={"duration_s": duration_s + 30, "idle_timeout_s": 60, "expected_calls": 1},
         )
         for i in range(n)
     ]

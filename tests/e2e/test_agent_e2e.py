@@ -87,7 +87,7 @@ def test_items_outcomes_and_phases_match_the_sip_results(
     run_id = "r-items"
     eps = [
         endpoint(f"{run_id}/recv/0", "receiver", "1660", password="secret1660", registrar=reg,
-                 call={"duration_s": 30, "idle_timeout_s": 20}),
+                 call={"duration_s": 30, "idle_timeout_s": 20, "expected_calls": 1}),
         endpoint(f"{run_id}/call/0", "caller", "1661", password="secret1661", registrar=reg,
                  call={"target": "sip:1660@127.0.0.1", "duration_s": 2, "ring_timeout_s": 5},
                  offset_ms=1500),

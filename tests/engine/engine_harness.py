@@ -45,6 +45,7 @@ def endpoint(
     ring_timeout_s: float = 5.0,
     answer_delay_ms: int = 0,
     idle_timeout_s: float | None = None,
+    expected_calls: int | None = None,
     codecs: list[str] | None = None,
     offset_ms: int = 0,
 ) -> dict[str, Any]:
@@ -56,6 +57,8 @@ def endpoint(
     }
     if idle_timeout_s is not None:
         call["idle_timeout_s"] = idle_timeout_s
+    if expected_calls is not None:
+        call["expected_calls"] = expected_calls
     return {
         "endpoint_id": eid,
         "group": "g",

@@ -21,7 +21,9 @@ def test_direct_call_between_two_endpoints(per_endpoint: bool) -> None:
         engine = make_engine(items, socket_per_endpoint=per_endpoint)
         try:
             await engine.start_assignment(
-                assignment("r1", endpoint("r1/rx", "receiver", user="bob", duration_s=5))
+                assignment(
+                    "r1", endpoint("r1/rx", "receiver", user="bob", duration_s=5, expected_calls=1)
+                )
             )
             contact = await items.contact("r1/rx")
             await engine.start_assignment(
@@ -95,7 +97,11 @@ def test_dtmf_action_is_sent_and_busy_second_call_gets_486() -> None:
         engine = make_engine(items)
         try:
             await engine.start_assignment(
-                assignment("r3", endpoint("r3/rx", "receiver", user="rx3", duration_s=3))
+                assignment(
+                    # two callers come: the second, refused busy, counts as a call
+                    "r3",
+                    endpoint("r3/rx", "receiver", user="rx3", duration_s=3, expected_calls=2),
+                )
             )
             contact = await items.contact("r3/rx")
             caller = endpoint("r3/tx", "caller", target=contact, duration_s=2)

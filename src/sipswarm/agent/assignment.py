@@ -80,6 +80,8 @@ class CallSpec:
     answer_delay_ms: int
     idle_timeout_s: float | None = None
     """Worker extension: a receiver not called within it ends TIMEOUT (docs/protocol.md)."""
+    expected_calls: int | None = None
+    """Worker extension: a receiver closes once this many calls ended (docs/protocol.md)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,6 +379,7 @@ def _to_spec(ep: AssignEndpoint) -> EndpointSpec:
             call.ring_timeout_s,
             call.answer_delay_ms,
             call.idle_timeout_s,
+            call.expected_calls,
         ),
         media=MediaSpec(
             codecs=tuple(_CODECS_BY_LOWER[c.lower()] for c in m.codecs),

@@ -203,7 +203,7 @@ class ControllerLink:
 
     async def _session(self, ws: ClientConnection) -> None:
         if ws.subprotocol != SUBPROTOCOL:
-            self._log_once("subprotocol", "controller did not select subprotocol sipswarm.v1")
+            self.log_once("subprotocol", "controller did not select subprotocol sipswarm.v1")
         self._ws = ws
         try:
             await ws.send(dump_frame(self.handler.hello()))
@@ -245,7 +245,7 @@ class ControllerLink:
             frame, problems = parse_controller_frame(raw)
             if isinstance(frame, Welcome):
                 return frame
-            self._log_once(f"prewelcome:{getattr(frame, 'type', None)}", "frame before welcome")
+            self.log_once(f"prewelcome:{getattr(frame, 'type', None)}", "frame before welcome")
             if frame is None:
                 await self._reply(
                     ws, [ErrorFrame(in_reply_to="welcome", detail="; ".join(problems))]
@@ -281,22 +281,22 @@ class ControllerLink:
 
     async def _dispatch(self, raw: str) -> list[BaseModel]:
         frame, notes = parse_controller_frame(raw)
-        for note in notes:
-            self._log_once(note, "unknown field ignored")
         if frame is None:
             self.frames_rejected += 1
             kind = _peek_type(raw)
             log.warning("controller frame rejected", type=kind, problems=notes)
             return [ErrorFrame(in_reply_to=kind, detail="; ".join(notes))]
+        for note in notes:  # PROTOCOL.md: unknown fields are ignored, logged once
+            self.log_once(note, "unknown field ignored")
         if isinstance(frame, Ack):
             self.stream.receive_ack(frame.seq)
             self._data_ready.set()
             return []
         if isinstance(frame, UnknownFrame):
-            self._log_once(f"type:{frame.type}", "unknown frame type ignored")
+            self.log_once(f"type:{frame.type}", "unknown frame type ignored")
             return []
         if isinstance(frame, Welcome):
-            self._log_once("rewelcome", "welcome within a session ignored")
+            self.log_once("rewelcome", "welcome within a session ignored")
             return []
         return await self.handler.handle_frame(frame)
 
@@ -317,7 +317,8 @@ class ControllerLink:
         for frame in frames:
             await ws.send(dump_frame(frame))
 
-    def _log_once(self, key: str, message: str, **fields: Any) -> None:
+    def log_once(self, key: str, message: str, **fields: Any) -> None:
+        """Log a warning the first time ``key`` is seen (unknown types and fields, PROTOCOL.md)."""
         if key not in self._logged_once and len(self._logged_once) < 10_000:
             self._logged_once.add(key)
             log.warning(message, what=key, **fields)

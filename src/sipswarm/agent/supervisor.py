@@ -54,6 +54,7 @@ from sipswarm.agent.looplag import LoopLagProbe
 from sipswarm.agent.media_store import MediaStore
 from sipswarm.errors import InvalidState, SipswarmError
 from sipswarm.protocol import (
+    Assign,
     AssignEnvelope,
     AssignResult,
     Cancel,
@@ -67,6 +68,7 @@ from sipswarm.protocol import (
     Resume,
     Welcome,
     WorkerStatus,
+    unknown_paths,
 )
 
 log = structlog.get_logger("sipswarm.agent.supervisor")
@@ -234,6 +236,8 @@ class Supervisor:
             return [AssignResult(assignment_id=aid, accepted=True, detail="already held")]
         if self.status is WorkerStatus.DRAINING:
             return [self._refuse(aid, RefusalReason.DRAINING, "worker is draining")]
+        for path in unknown_paths(Assign, envelope.raw, "assign"):
+            self.link.log_once(path, "unknown field ignored")
         spec, problems = validate_assignment(envelope.raw, self.media.held())
         if spec is None:
             return [self._refuse(aid, RefusalReason.INVALID, "; ".join(problems))]

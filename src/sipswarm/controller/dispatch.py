@@ -20,11 +20,15 @@ Theory of operation (no I/O here; the run manager owns sockets and clocks):
    run manager records them as failed instead of sending them.
 
 4. Receivers' lifetime (docs/plan.md "Receivers' lifetime"): a receiver
-   answers one call and then closes by itself (SUCCESS when the call went
-   well). Receivers of a group that callers target are sent
-   ``call.idle_timeout_s`` (:meth:`Dispatch.receiver_idle_timeout_s`, a
-   worker extension) so that one nobody calls closes with TIMEOUT instead of
-   waiting forever. The run manager ends the stragglers (``cancel`` reason
+   answers calls one after another. Receivers of a group that callers
+   target are sent ``call.idle_timeout_s`` (:meth:`Dispatch.receiver_idle_timeout_s`)
+   so that one nobody calls closes with TIMEOUT instead of waiting forever,
+   and ``call.expected_calls`` (:meth:`Dispatch.expected_calls`: the callers
+   the round-robin plans for it; both worker extensions) so that it closes by
+   itself right after its last call. A caller goes to its planned receiver
+   only; if that one is not reachable the caller is returned ``unreachable``
+   (re-routing it would send a receiver more calls than it expects). The
+   run manager ends the stragglers (``cancel`` reason
    ``complete``) only once every caller closed and no receiver is in a call
    (:meth:`Dispatch.receivers_in_call`), so that a receiver finishing its
    call is never turned CANCELLED.
@@ -151,10 +155,13 @@ def _with_offsets(placed: Sequence[Placed], plan: Plan) -> list[Placed]:
 
 
 def build_endpoint(
-    p: Placed, target: str | None, idle_timeout_s: float | None = None
+    p: Placed,
+    target: str | None,
+    idle_timeout_s: float | None = None,
+    expected_calls: int | None = None,
 ) -> AssignEndpoint:
     """The PROTOCOL.md ``assign`` endpoint for a placed endpoint, every field filled
-    (``idle_timeout_s``: the worker extension, for receivers only)."""
+    (``idle_timeout_s``, ``expected_calls``: worker extensions, for receivers only)."""
     g, acc, reg = p.group, p.group.accounts[p.n], p.group.registrar
     return AssignEndpoint(
         endpoint_id=p.endpoint_id,
@@ -185,6 +192,7 @@ def build_endpoint(
             ring_timeout_s=g.call.ring_timeout_s,
             answer_delay_ms=g.call.answer_delay_ms,
             idle_timeout_s=idle_timeout_s,
+            expected_calls=expected_calls,
         ),
         media=MediaSettings(
             codecs=list(g.media.codecs),
@@ -206,8 +214,9 @@ def assign_json(assign: Assign, plan: Plan) -> dict[str, Any]:
     obj = assign.model_dump(mode="json", by_alias=True)
     groups = {g.name: g for g in plan.groups}
     for ep in obj["endpoints"]:
-        if ep["call"] is not None and ep["call"].get("idle_timeout_s") is None:
-            ep["call"].pop("idle_timeout_s", None)  # PROTOCOL.md fields only, unless set
+        for extra in ("idle_timeout_s", "expected_calls"):
+            if ep["call"] is not None and ep["call"].get(extra) is None:
+                ep["call"].pop(extra, None)  # PROTOCOL.md fields only, unless set
         reg = groups[ep["group"]].registrar
         if reg.transport in ("tls", "wss", "auto"):
             ep["registrar"]["tls"] = {
@@ -280,6 +289,27 @@ class Dispatch:
         idle = receivers_span + self.plan.registration_window_s + callers_span + IDLE_MARGIN_S
         return float(min(86400.0, max(1.0, round(idle, 1))))
 
+    def planned_receivers(self) -> dict[str, Placed]:
+        """caller endpoint id -> the receiver it is planned to call: callers targeting a
+        group, in endpoint order, are dealt round-robin over the group's receivers."""
+        out: dict[str, Placed] = {}
+        dealt: dict[str, int] = {}
+        for c in self.callers:
+            name = c.group.target_group
+            if c.group.target_uri is not None or name is None:
+                continue
+            mine = [r for r in self.receivers if r.group.name == name]
+            if mine:
+                k = dealt.get(name, 0)
+                dealt[name] = k + 1
+                out[c.endpoint_id] = mine[k % len(mine)]
+        return out
+
+    def expected_calls(self, receiver_id: str) -> int | None:
+        """How many callers are planned to call ``receiver_id``; None when none is."""
+        n = sum(1 for r in self.planned_receivers().values() if r.endpoint_id == receiver_id)
+        return n or None
+
     def get_timer(self) -> int | None:
         """When the registration window ends (ms), or None before receivers start."""
         if not self.receivers:
@@ -300,33 +330,37 @@ class Dispatch:
         """``([(worker_id, assign)], unreachable)`` for the callers; call once, when due."""
         targets: dict[str, str] = {}
         unreachable = []
-        rr: dict[str, itertools.cycle[str]] = {}
+        planned = self.planned_receivers()
+        pools: dict[str, dict[str, str]] = {}
         for c in self.callers:
             if c.group.target_uri is not None:
                 targets[c.endpoint_id] = c.group.target_uri
                 continue
             name = c.group.target_group or ""
-            if name not in rr:
-                pool = self._reachable(name)
-                if pool:
-                    rr[name] = itertools.cycle(pool)
-            cycle = rr.get(name)
-            if cycle is None:
+            if name not in pools:
+                pools[name] = self._reachable(name)
+            receiver = planned.get(c.endpoint_id)
+            uri = None if receiver is None else pools[name].get(receiver.endpoint_id)
+            if uri is None:
                 unreachable.append(c)
             else:
-                targets[c.endpoint_id] = next(cycle)
+                targets[c.endpoint_id] = uri
         sendable = [c for c in self.callers if c.endpoint_id in targets]
         return self._assigns(sendable, start_at_ms, targets), unreachable
 
-    def _reachable(self, group_name: str) -> list[str]:
-        """Target URIs of a receiver group, registered receivers first, in endpoint order."""
+    def _reachable(self, group_name: str) -> dict[str, str]:
+        """receiver endpoint id -> target URI, for the reachable receivers of a group."""
         group = self.plan.group(group_name)
         mine = [r for r in self.receivers if r.group.name == group_name]
         if group.register:
             up = [r for r in mine if r.endpoint_id in self.contacts]
             # nobody registered: still dial the AoRs, so the system under test answers for them
-            return [group.aor(r.n) for r in (up or mine)]
-        return [self.contacts[r.endpoint_id] for r in mine if r.endpoint_id in self.contacts]
+            return {r.endpoint_id: group.aor(r.n) for r in (up or mine)}
+        return {
+            r.endpoint_id: self.contacts[r.endpoint_id]
+            for r in mine
+            if r.endpoint_id in self.contacts
+        }
 
     def _assigns(
         self, placed: list[Placed], start_at_ms: int, targets: dict[str, str]
@@ -355,5 +389,10 @@ class Dispatch:
 
     def _endpoint(self, p: Placed, targets: dict[str, str]) -> AssignEndpoint:
         if p.group.role == "receiver":
-            return build_endpoint(p, None, self.receiver_idle_timeout_s(p.group))
+            return build_endpoint(
+                p,
+                None,
+                self.receiver_idle_timeout_s(p.group),
+                self.expected_calls(p.endpoint_id),
+            )
         return build_endpoint(p, targets.get(p.endpoint_id))

@@ -9,6 +9,10 @@ after the answer), :meth:`~CallMedia.local` describes it for the SDP,
 plays RFC 4733 events, :meth:`~CallMedia.stop` closes it and returns a
 warning in words when the call's media was poor (no RTP at all, or loss
 above :data:`~sipswarm.engine.outcomes.LOSS_WARNING_FRACTION`).
+
+A receiver's successive calls each open a new session; :meth:`~CallMedia.metrics`
+adds the counters of the closed ones, so that the endpoint's ``metrics``
+counters stay cumulative since it started (PROTOCOL.md) and never go back.
 """
 
 from __future__ import annotations
@@ -23,7 +27,23 @@ from sipswarm.errors import NegotiationError
 from sipswarm.media.codecs import Codec
 from sipswarm.media.sdp import LocalMedia, NegotiatedMedia
 
-__all__ = ["CallMedia"]
+__all__ = ["COUNTER_KEYS", "CallMedia"]
+
+#: The cumulative counters of a session snapshot (summed over an endpoint's calls);
+#: every other key is a gauge of the current session.
+COUNTER_KEYS: dict[str, tuple[str, ...]] = {
+    "send": ("packets_sent", "bytes_sent", "rtcp_sr_sent"),
+    "recv": (
+        "packets_received",
+        "bytes_received",
+        "packets_lost",
+        "duplicate_packets",
+        "out_of_order_packets",
+        "sequence_number_gaps",
+        "ssrc_switches",
+    ),
+    "remote": ("packets_lost",),
+}
 
 Opener = Callable[[SwitchableCodec, SwitchableSource], Awaitable[RtpSession]]
 
@@ -46,9 +66,12 @@ class CallMedia:
         self.source: SwitchableSource | None = None
         self.negotiated: NegotiatedMedia | None = None
         self.first_rtp_ts: int | None = None
+        self._closed_totals: dict[str, dict[str, Any]] | None = None
 
     async def open(self, codec: Codec) -> RtpSession:
         """Bind the port pair (ResourceError/OSError when exhausted)."""
+        self.first_rtp_ts = None
+        self.negotiated = None
         self.codec = SwitchableCodec(codec)
         self.source = SwitchableSource(self._source_for(codec))
         self.session = await self._opener(self.codec, self.source)
@@ -86,6 +109,29 @@ class CallMedia:
             dtmf_payload_type=media.telephone_event_pt,
         )
 
+    def metrics(self) -> dict[str, dict[str, Any]] | None:
+        """``send``/``recv``/``remote`` for the ``metrics`` item: the running session's
+        figures plus the counters of earlier calls; None before any media started."""
+        current = self.session.snapshot() if self.session is not None and self.started else None
+        if current is None and self._closed_totals is None:
+            return None
+        return self._with_totals(current)
+
+    def _with_totals(self, current: dict[str, dict[str, Any]] | None) -> dict[str, dict[str, Any]]:
+        """``current`` (gauges null when None) with the closed sessions' counters added."""
+        before = self._closed_totals or {}
+        out: dict[str, dict[str, Any]] = {}
+        for part, keys in COUNTER_KEYS.items():
+            fields = dict((current or {}).get(part) or before.get(part) or {})
+            if current is None:
+                fields = {k: (v if k in keys else None) for k, v in fields.items()}
+            else:
+                for k in keys:
+                    old, now = before.get(part, {}).get(k), fields.get(k)
+                    fields[k] = now if old is None else old + (now or 0)
+            out[part] = fields
+        return out
+
     def send_dtmf(self, digits: str) -> str | None:
         """Play ``digits`` (RFC 4733); a warning in words when it cannot be done."""
         if not self.started or self.session is None:
@@ -111,6 +157,8 @@ class CallMedia:
                     f"RTP loss {lost} of {lost + got} packets, above {LOSS_WARNING_FRACTION:.0%}"
                 )
         self.first_rtp_ts = session.first_rtp_ts
+        if self.started or self._closed_totals is not None:
+            self._closed_totals = self._with_totals(session.snapshot() if self.started else None)
         self._closer(session)
         self.session = None
         return warning

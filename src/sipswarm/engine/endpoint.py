@@ -24,11 +24,14 @@ Life (PROTOCOL.md phases, forward only, :data:`~.outcomes.PHASE_TRANSITIONS`)::
     DISCONNECTING BYE or CANCEL sent or received, or unregistering
     CLOSED        nothing left on the wire: ``outcome`` item, then forgotten
 
-A caller places exactly one call. A receiver answers one call (a second
-concurrent INVITE gets 486) and gives up with TIMEOUT if nobody calls within
-its idle timeout. A *service* receiver (``sipswarm answer``) never takes a
-call itself: each INVITE is adopted by a child endpoint made by the host,
-so every call still has its own forward-only phases.
+A caller places exactly one call. A receiver answers calls one after
+another (:mod:`sipswarm.engine.receiver`; an INVITE while it is in a call
+gets 486) until ``call.expected_calls`` calls ended or nobody called for its
+idle timeout; its phases are the furthest any of its calls reached (they
+never go back), and each call gets its own ``call`` item. A *service*
+receiver (``sipswarm answer``) never takes a call itself: each INVITE is
+adopted by a child endpoint made by the host, so every call still has its
+own forward-only phases.
 
 Outcome: the worst of everything that happened (:class:`~.outcomes.OutcomeState`);
 the mapping from the wire is in :mod:`sipswarm.engine.outcomes`.
@@ -147,6 +150,9 @@ class Endpoint:
         self._final_ts: float | None = None
         self.negotiated: NegotiatedMedia | None = None
         self._call_reported = False
+        self.calls_taken = 0  # receiver: calls taken (answered or not)
+        self.calls_ended = 0  # receiver: calls over, the ones refused busy included
+        self.adopted = False  # a child of a service endpoint: exactly one call
         self._timers: dict[str, ScheduledCall] = {}
         self._task: asyncio.Task[None] | None = None
         self._traces: list[dict[str, Any]] = []
@@ -185,9 +191,9 @@ class Endpoint:
             "endpoint_id": self.endpoint_id,
             "phase": (self.phase or Phase.INITIALIZING).value,
         }
-        session = self.media.session
-        if session is not None and self.media.started:
-            entry.update(session.snapshot())
+        media = self.media.metrics()  # counters cumulative over a receiver's calls
+        if media is not None:
+            entry.update(media)
         return entry
 
     # -- start ------------------------------------------------------------------------
@@ -398,7 +404,7 @@ class Endpoint:
         self._in_call(now)
 
     def _in_call(self, now: float) -> None:
-        self._go(Phase.INCALL, now)
+        self._advance(Phase.INCALL, now)  # a receiver's later calls stay INCALL
         if self.spec.call is not None:  # without call settings the far end hangs up
             self._timer("duration", self.call_spec.duration_s, self._hang_up)
         self._schedule_actions()
@@ -407,7 +413,8 @@ class Endpoint:
 
     # -- receiver (the flow is in sipswarm.engine.receiver) --------------------------------
     def take_call(self, ev: IncomingCall, now: float) -> None:
-        """Handle ``ev`` as this endpoint's incoming call (also for adopted calls)."""
+        """Engine: this child endpoint takes ``ev``, its only call (``sipswarm answer``)."""
+        self.adopted = True
         receiver.take_call(self, ev, now)
 
     # -- call end -----------------------------------------------------------------------
@@ -426,19 +433,26 @@ class Endpoint:
             outcome = outcome_for_call_failure(code)
             self.fail(outcome, f"call failed: {code} {ev.reason}".strip(), code)
         self._report_call()
-        self._teardown(now)
+        self._call_over(now)
 
     def _on_call_ended(self, ev: CallEnded) -> None:
         now = self.host.loop.time()
-        self._advance(Phase.DISCONNECTING, now)
         self._report_call()
+        self._call_over(now, bye=True)
+
+    def _call_over(self, now: float, *, bye: bool = False) -> None:
+        """A call ended: a receiver waits for the next one, anyone else closes."""
+        if receiver.call_over(self, now):
+            return
+        if bye:
+            self._advance(Phase.DISCONNECTING, now)
         self._teardown(now)
 
     def _on_teardown_failed(self, ev: CallTeardownFailed) -> None:
         now = self.host.loop.time()
         self.fail(Outcome.TEARDOWN_ERROR, f"BYE failed: {ev.code} {ev.reason}".strip(), ev.code)
         self._report_call()
-        self._teardown(now)
+        self._call_over(now)
 
     def _report_call(self) -> None:
         call = self.call

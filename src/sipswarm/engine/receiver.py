@@ -12,7 +12,17 @@ INVITE, ACK and idle-timer events here::
     _answer_incoming (task)           bind RTP, 180 -> RINGING, answer after answer_delay_ms
     _answer(ep, sdp, now)             2xx -> NEGOTIATING
     on_confirmed(ep, CallConfirmed)   ACK: start media -> INCALL
-    idle_timeout(ep, now)             nobody called within call.idle_timeout_s -> TIMEOUT
+    call_over(ep, now)                a call ended: wait for the next one, or close
+    idle_timeout(ep, now)             nobody called within call.idle_timeout_s -> close
+
+A receiver takes calls one after another (PROTOCOL.md: it "answers incoming
+calls"): an INVITE while it is in a call gets 486 Busy Here. It closes when
+``call.expected_calls`` calls ended (the ones refused busy count: each is a
+caller that came), or when nobody called for ``call.idle_timeout_s``
+(counted from REGISTERED, then from the end of each call): TIMEOUT if it was
+never called, else the worst outcome of its calls (SUCCESS if they all went
+well). Phases only move forward, so they are the furthest any call reached:
+a second call sends no phase items of its own; its ``call`` item tells it.
 
 RFC 3261 13.3.1: the UAS sends 180 at once and the 2xx when the "user"
 answers (``answer_delay_ms``); 13.3.1.3 the answer's SDP is the session's.
@@ -20,6 +30,7 @@ answers (``answer_delay_ms``); 13.3.1.3 the answer's SDP is the session's.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING
 
 from sipswarm.errors import NegotiationError, ResourceError
@@ -49,10 +60,35 @@ def idle_limit(ep: Endpoint) -> float:
 
 
 def idle_timeout(ep: Endpoint, now: float) -> None:
-    """Timer: nobody called within the idle timeout -> TIMEOUT, unregister, close."""
+    """Timer: nobody called within the idle timeout -> close (TIMEOUT if never called)."""
     if ep.call is None and not ep.closed:
-        ep.fail(Outcome.TIMEOUT, f"receiver was not called within {idle_limit(ep):g} s")
+        if ep.calls_taken == 0 and ep.calls_ended == 0:
+            ep.fail(Outcome.TIMEOUT, f"receiver was not called within {idle_limit(ep):g} s")
         ep._teardown(now)
+
+
+def call_over(ep: Endpoint, now: float) -> bool:
+    """The endpoint's call ended (its ``call`` item is out). True when the receiver goes on
+    waiting for its next call; False when the endpoint should close now."""
+    if ep.spec.role is not Role.RECEIVER or ep.service or ep.adopted:
+        return False
+    ep.calls_ended += 1
+    if ep.cancelled or ep.closed or _expected_reached(ep):
+        return False
+    if ep.spec.registrar.register and not ep.registered:
+        return False  # lost its registration: nobody can reach it any more
+    ep._cancel_timers()
+    ep.call = None
+    ep.negotiated = None
+    ep._final_ts = None
+    ep._call_reported = False
+    ep._timer("idle", idle_limit(ep), partial(idle_timeout, ep))
+    return True
+
+
+def _expected_reached(ep: Endpoint) -> bool:
+    expected = ep.call_spec.expected_calls
+    return expected is not None and ep.calls_ended >= expected
 
 
 def on_incoming(ep: Endpoint, ev: IncomingCall) -> None:
@@ -62,8 +98,10 @@ def on_incoming(ep: Endpoint, ev: IncomingCall) -> None:
         ep.host.adopt_call(ep, ev)
         return
     if ep.call is not None or ep.spec.role is not Role.RECEIVER or ep.cancelled:
-        ep._stack().reject(ev.call, 486, now)  # one call per endpoint: busy
+        ep._stack().reject(ev.call, 486, now)  # one call at a time: busy
         ep._flush()
+        if ep.call is not None and ep.spec.role is Role.RECEIVER:
+            ep.calls_ended += 1  # a caller that came: counts towards expected_calls
         return
     take_call(ep, ev, now)
 
@@ -71,10 +109,11 @@ def on_incoming(ep: Endpoint, ev: IncomingCall) -> None:
 def take_call(ep: Endpoint, ev: IncomingCall, now: float) -> None:
     """Handle ``ev`` as the endpoint's incoming call (also for adopted calls)."""
     ep.call = ev.call
+    ep.calls_taken += 1
     old = ep._timers.pop("idle", None)
     if old is not None:
         old.cancel()
-    ep._go(Phase.CALLING, now)
+    ep._advance(Phase.CALLING, now)
     try:
         offer = parse_sdp(ev.sdp_offer)
         # pick the codec first; the real port goes in once the session is bound
@@ -105,7 +144,7 @@ async def _answer_incoming(ep: Endpoint, offer: SessionDescription, codec: Codec
     answer = build_answer(offer, ep._local_media(session.local_port), session_id=now_id(now))
     ep.negotiated = answered_media(offer, answer)  # started once the ACK arrives
     ep._stack().ring(call, now)
-    ep._go(Phase.RINGING, now)
+    ep._advance(Phase.RINGING, now)
     ep._flush()
     delay = ep.call_spec.answer_delay_ms / 1000
     sdp = answer.serialise()
@@ -118,7 +157,7 @@ def _answer(ep: Endpoint, sdp: bytes, now: float) -> None:
         return
     ep._stack().answer(call, sdp, now)
     ep._final_ts = now
-    ep._go(Phase.NEGOTIATING, now)
+    ep._advance(Phase.NEGOTIATING, now)
     ep._flush()
 
 

@@ -106,6 +106,7 @@ from sipswarm.protocol.parse import (
     parse_item,
     parse_worker_frame,
     unknown_fields,
+    unknown_paths,
 )
 
 __all__ = [
@@ -179,4 +180,5 @@ __all__ = [
     "parse_item",
     "parse_worker_frame",
     "unknown_fields",
+    "unknown_paths",
 ]

@@ -343,6 +343,8 @@ class CallSettings(_Wire):
     answer_delay_ms: Annotated[int, AfterValidator(_between(0, 600000))] = 0
     # worker extension (docs/protocol.md): how long a receiver waits to be called
     idle_timeout_s: Annotated[float, AfterValidator(_between(1, 86400))] | None = None
+    # worker extension (docs/protocol.md): a receiver closes after this many calls ended
+    expected_calls: Annotated[int, AfterValidator(_between(1, 1_000_000))] | None = None
 
 
 class MediaSource(_Wire):

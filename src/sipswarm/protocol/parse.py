@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import BaseModel, ValidationError
 
@@ -108,6 +108,43 @@ def load_json_object(raw: str | bytes) -> tuple[dict[str, Any] | None, list[str]
 def unknown_fields(model: type[BaseModel], obj: dict[str, Any]) -> list[str]:
     """Top-level keys of ``obj`` that ``model`` does not know (ignored; log them once)."""
     return sorted(k for k in obj if k not in model.model_fields)
+
+
+def unknown_paths(model: type[BaseModel], obj: Any, prefix: str) -> list[str]:
+    """Keys of ``obj`` unknown to ``model`` at any depth, as index-free paths.
+
+    ``unknown_paths(Assign, raw, "assign")`` gives e.g.
+    ``["assign.endpoints.knob"]``: one path per field, however many endpoints
+    carry it, so that the caller logs each unknown field once (PROTOCOL.md).
+    """
+    if not isinstance(obj, dict):
+        return []
+    known: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        known[name] = info.annotation
+        if info.alias:
+            known[info.alias] = info.annotation
+    found: set[str] = set()
+    for key, value in obj.items():
+        if key not in known:
+            found.add(f"{prefix}.{key}")
+            continue
+        nested = _nested_model(known[key])
+        values = value if isinstance(value, list) else [value]
+        for child in values if nested is not None else []:
+            found.update(unknown_paths(nested, child, f"{prefix}.{key}"))  # type: ignore[arg-type]
+    return sorted(found)
+
+
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside ``X | None``, ``list[X]`` or ``Annotated[X, ...]``, if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _nested_model(arg)
+        if found is not None:
+            return found
+    return None
 
 
 def _parse_with(
