@@ -58,6 +58,7 @@ from sipswarm.engine.receiver import DEFAULT_IDLE_TIMEOUT_S
 from sipswarm.engine.resolver import ServerTarget
 from sipswarm.engine.scheduler import ScheduledCall
 from sipswarm.engine.sip_runtime import SipRuntime
+from sipswarm.engine.trace_buffer import FailureTrace
 from sipswarm.engine.transport import TransportError
 from sipswarm.errors import (
     InvalidState,
@@ -155,7 +156,7 @@ class Endpoint:
         self.adopted = False  # a child of a service endpoint: exactly one call
         self._timers: dict[str, ScheduledCall] = {}
         self._task: asyncio.Task[None] | None = None
-        self._traces: list[dict[str, Any]] = []
+        self._traces = FailureTrace()  # trace: failures (first 50, last 150)
         self.on_closed: Callable[[Endpoint], None] | None = None
 
     @property
@@ -528,7 +529,7 @@ class Endpoint:
         if self.trace is TraceMode.ALL:
             self.host.emit(item)
         else:
-            self._traces.append(item)
+            self._traces.add(item)
 
     def on_transport_error(self, error: TransportError) -> None:
         """Runtime callback (own socket only): the socket failed -> OSERROR, close."""
@@ -593,7 +594,7 @@ class Endpoint:
             self.host.release_runtime(self, self.runtime)
         outcome, code, reason = self.result.final()
         if outcome is not Outcome.SUCCESS:
-            for item in self._traces:
+            for item in self._traces.items():
                 self.host.emit(item)
         self._traces.clear()
         self._go(Phase.CLOSED, now)
