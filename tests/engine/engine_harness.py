@@ -17,7 +17,7 @@ ITEM_KEYS = {
     "call": {"kind", "run_id", "endpoint_id", "direction", "final_code", "result", "invite_ts",
              "ringing_ts", "answer_ts", "first_rtp_ts", "bye_ts", "pdd_ms", "ttr_ms",
              "setup_ms", "ttfm_ms", "duration_ms"},
-    "metrics": {"kind", "run_id", "ts", "endpoints"},
+    "metrics": {"kind", "run_id", "ts", "endpoints", "generator"},  # generator: extension
     "trace": {"kind", "run_id", "endpoint_id", "ts", "dir", "transport", "local", "remote",
               "message"},
     "outcome": {"kind", "run_id", "endpoint_id", "ts", "outcome", "final_code", "reason"},

@@ -139,6 +139,7 @@ class Endpoint:
             lambda codec, source: host.open_media(self, codec, source),
             host.close_media,
             lambda codec: host.source_for(self, codec),
+            srtp=spec.media.srtp.value,
         )
         self.target: ServerTarget | None = None
         self.call: Call | None = None
@@ -334,8 +335,9 @@ class Endpoint:
         self.runtime.flush()
 
     # -- media --------------------------------------------------------------------------
-    def _local_media(self, port: int) -> LocalMedia:
-        return CallMedia.local(self.host.sdp_address, port, self.codecs, self.spec.media.ptime_ms)
+    def _local_media(self, port: int, offer: bool = True) -> LocalMedia:
+        ptime = self.spec.media.ptime_ms
+        return self.media.local(self.host.sdp_address, port, self.codecs, ptime, offer=offer)
 
     def _stop_media(self) -> None:
         answered = self.call is not None and self.call.answer_ts is not None
@@ -463,6 +465,10 @@ class Endpoint:
         if self.result.final_code is None:
             self.result.final_code = call.final_code
         self._stop_media()
+        if call.invite_ts is not None:  # docs/protocol.md: results of a late generator
+            overload = self.host.generator_overload(call.invite_ts, self.host.loop.time())
+            if overload is not None:
+                self.fail(Outcome.COMPLETED_WITH_WARNINGS, overload)
         self.host.emit(
             call_item(
                 call,

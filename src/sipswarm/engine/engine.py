@@ -45,6 +45,7 @@ from sipswarm.agent.backend import EmitItem
 from sipswarm.agent.config import AgentConfig
 from sipswarm.engine.endpoint import Endpoint
 from sipswarm.engine.media_engine import MediaEngine
+from sipswarm.engine.overload import GeneratorHealth
 from sipswarm.engine.resolver import ResolverSettings, SipResolver
 from sipswarm.engine.rtp_session import RtpSession
 from sipswarm.engine.scheduler import ScheduledCall, Scheduler
@@ -154,8 +155,7 @@ class EndpointEngine:
         self._active = 0
         self._children = 0
         self._counters: Counter[str] = Counter()
-        self._lag_p99 = 0.0
-        self._lag_taken = 0.0
+        self.health: GeneratorHealth | None = None  # judges loop lag / send lateness
         self.sdp_address = settings.public_host or settings.bind_host
         self.errors: list[str] = []
 
@@ -252,6 +252,10 @@ class EndpointEngine:
             host = self.settings.bind_host
             self.media = MediaEngine(self.settings.rtp_port_range, host, loop=self.loop)
             self.media.start()
+            self.health = GeneratorHealth(
+                self.scheduler, self.media.take_clock_stats, self.loop.time
+            )
+            self.health.start()
         return self.media
 
     async def open_media(
@@ -357,13 +361,9 @@ class EndpointEngine:
             for s in self.media.sessions:
                 sent += s.send_stats.packets_sent
                 received += s.recv_stats.packets_received
-            now = self.loop.time()
-            if now - self._lag_taken >= 1.0:
-                self._lag_taken = now
-                self._lag_p99 = self.media.take_clock_stats().loop_lag_p99_ms or 0.0
         out["rtp_packets_sent_total"] = sent
         out["rtp_packets_received_total"] = received
-        out["loop_lag_ms_p99"] = self._lag_p99
+        out["loop_lag_ms_p99"] = self.health.loop_lag_p99_ms if self.health else 0.0
         sip: Counter[str] = Counter()
         for runtime in [*self._runtimes.values(), *self._own_runtimes.values()]:
             sip.update(runtime.counters())
@@ -439,12 +439,22 @@ class EndpointEngine:
                     "run_id": run.run_id,
                     "ts": self.epoch_ms(now),
                     "endpoints": entries,
+                    # extension (docs/protocol.md): is the generator itself keeping up?
+                    "generator": self.health.block_since(now - run.interval_s)
+                    if self.health is not None
+                    else None,
                 }
             )
         if run.endpoints:
             run.tick = self.scheduler.call_later(run.interval_s, lambda t: self._metrics(run, t))
         else:
             self._runs.pop(run.run_id, None)
+
+    def generator_overload(self, start: float, end: float) -> str | None:
+        """Why results between ``start`` and ``end`` (loop clock) are not to be trusted:
+        an overloaded interval of the generator overlapped them; None when none did."""
+        worst = self.health.overload_between(start, end) if self.health is not None else None
+        return None if worst is None else worst.describe()
 
     async def cancel_run(self, run_id: str, reason: str) -> None:
         """Hang up, unregister and close every endpoint of ``run_id``; force by 4.5 s."""
@@ -478,6 +488,8 @@ class EndpointEngine:
             runtime.close()
         self._runtimes.clear()
         self._own_runtimes.clear()
+        if self.health is not None:
+            self.health.stop()
         self.scheduler.close()
         if self.media is not None:
             await self.media.close()
