@@ -329,3 +329,29 @@ def test_bad_arguments_name_the_field() -> None:
 def test_ws_url_brackets_ipv6() -> None:
     assert ws_url(("::1", 8443), secure=True, path="/ws") == "wss://[::1]:8443/ws"
     assert ws_url(("127.0.0.1", 80), secure=False, host="pbx.test") == "ws://pbx.test:80/"
+
+
+def test_wss_checks_the_certificate_against_the_named_domain(tmp_path: Path) -> None:
+    certs = make_certificates(tmp_path, ("pbx.test",))  # the name only, not the address
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_tls.load_cert_chain(certs.cert, certs.key)
+    custom = client_context(TlsSettings(verify="custom", ca_file=str(certs.ca)))
+
+    async def body() -> None:
+        server, inbox = SipWsServer(), Inbox()
+        remote = await server.start(tls=server_tls)
+        by_address = await _open(inbox, secure=True, client_tls=custom)
+        by_address.send(OPTIONS, remote)  # the certificate does not name 127.0.0.1
+        await inbox.until(lambda: len(inbox.errors) == 1)
+        assert inbox.errors[0].kind == "connect"
+        by_address.close()
+        named = await _open(inbox, secure=True, client_tls=custom)
+        named.name_server(remote, "pbx.test")
+        named.send(OPTIONS, remote)
+        await inbox.until(lambda: len(inbox.messages) == 1)
+        assert server.requests[-1][1]["Host"] == f"pbx.test:{remote[1]}"
+        named.close()
+        await named.wait_closed()
+        await server.stop()
+
+    run(body)

@@ -52,6 +52,7 @@ from sipswarm.engine.scheduler import ScheduledCall, Scheduler
 from sipswarm.engine.sip_runtime import RuntimeSettings, SipRuntime
 from sipswarm.engine.switchable import SwitchableCodec, SwitchableSource
 from sipswarm.engine.tls import TlsSettings, client_context, server_context
+from sipswarm.engine.ws_transport import WsTransport
 from sipswarm.errors import ConfigError, ResourceError
 from sipswarm.media.codecs import Codec
 from sipswarm.media.sources import EncodedSource, get_source
@@ -202,14 +203,18 @@ class EndpointEngine:
             runtime = await self._open_runtime(transport, 0, target)
             runtime.exclusive_owner = endpoint
             self._own_runtimes[endpoint.key] = runtime
-            return runtime
-        lock = self._runtime_locks.setdefault(transport, asyncio.Lock())
-        async with lock:
-            shared = self._runtimes.get(transport)
-            if shared is None:
-                shared = await self._open_runtime(transport, self.settings.sip_port, target)
-                self._runtimes[transport] = shared
-        return shared
+        else:
+            lock = self._runtime_locks.setdefault(transport, asyncio.Lock())
+            async with lock:
+                shared = self._runtimes.get(transport)
+                if shared is None:
+                    shared = await self._open_runtime(transport, self.settings.sip_port, target)
+                    self._runtimes[transport] = shared
+            runtime = shared
+        if isinstance(runtime.transport, WsTransport) and endpoint.target is not None:
+            # Host header and certificate name: the domain, not the resolved address.
+            runtime.transport.name_server(endpoint.target.address, endpoint.target.server_name)
+        return runtime
 
     async def _open_runtime(
         self, transport: str, port: int, target: tuple[str, int] | None

@@ -8,7 +8,9 @@ UDP or TCP. It is a client only, as browsers are: it never listens. It keeps
 at most one WebSocket connection per remote ``(host, port)``; :meth:`send` to
 an address without one connects on demand (``ws://`` or ``wss://``, the
 ``Host`` header and TLS server name being ``server_name`` or the address) and
-queues the message until the handshake is done. Every message the server
+queues the message until the handshake is done. The engine names each server
+with :meth:`WsTransport.name_server` (the domain it resolved), so that the
+certificate is checked against the domain, as a browser does. Every message the server
 sends to us — responses, and requests to our registered Contact, which a
 registrar routes over the connection the REGISTER came on — arrives on that
 connection and is reported with the remote ``(host, port)`` we dialled, so
@@ -145,6 +147,7 @@ class WsTransport:
         self._ping_interval = ping_interval
         self._ping_timeout = ping_timeout
         self._connections: dict[Address, _Connection] = {}
+        self._names: dict[Address, str] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -201,9 +204,16 @@ class WsTransport:
         """Remote addresses with an open (or opening) connection."""
         return list(self._connections)
 
+    def name_server(self, remote: Address, name: str) -> None:
+        """Use ``name`` (the domain ``remote`` was resolved from) as the ``Host`` header and
+        TLS server name of connections to ``remote``, unless ``server_name`` was given at
+        open: a certificate names the domain, not the address (RFC 5922 §4)."""
+        self._names[remote] = name
+
     def url_for(self, remote: Address) -> str:
         """The URL a connection to ``remote`` opens."""
-        return ws_url(remote, secure=self._secure, path=self._path, host=self._server_name)
+        host = self._server_name or self._names.get(remote)
+        return ws_url(remote, secure=self._secure, path=self._path, host=host)
 
     def send(self, data: bytes, remote: Address) -> None:
         """Queue one SIP message for ``remote``, connecting if needed; problems go to
