@@ -60,7 +60,7 @@ ITEM_KEYS = {
     "finished": {"kind", "run_id", "assignment_id", "ts", "endpoints", "outcomes"},
     "gap": {"kind", "run_id", "from_ts", "to_ts", "dropped_items"},
 }  # fmt: skip
-EXTRA_ITEM_KEYS = {"gap": {"dropped_kinds"}}
+EXTRA_ITEM_KEYS = {"gap": {"dropped_kinds"}, "metrics": {"generator"}}
 """Keys beyond PROTOCOL.md that docs/protocol.md documents (a controller ignores them)."""
 
 
