@@ -258,11 +258,17 @@ def test_transport_mismatches_are_rejected() -> None:
     srtp = parse_sdp(body("sdes_srtp_offer.sdp"))
     with pytest.raises(NegotiationError, match="RTP/SAVP"):
         build_answer(srtp, local(), session_id=1)  # RTP/AVP only
-    keyed = local(proto="RTP/SAVP", crypto=["1 AES_CM_128_HMAC_SHA1_80 inline:zzzz"])
+    key = "inline:" + "A" * 40  # 30 octets of key||salt
+    keyed = local(proto="RTP/SAVP", crypto=[f"7 AES_CM_128_HMAC_SHA1_80 {key}"])
+    with pytest.raises(NegotiationError, match=r"got 36; .*MKI '1:32' is not supported"):
+        build_answer(srtp, keyed, session_id=1)  # too long a key, then an MKI (RFC 4568 9.1)
+    old_key = b"WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVzcyAoZ2V0"
+    srtp = parse_sdp(body("sdes_srtp_offer.sdp").replace(old_key, old_key[:40]))
     answer = build_answer(srtp, keyed, session_id=1)
     media = answered_media(srtp, answer)
     assert media.codec.name == "PCMA" and len(media.remote_crypto) == 2
-    assert answer.media[0].attribute_values("crypto") == ["1 AES_CM_128_HMAC_SHA1_80 inline:zzzz"]
+    # RFC 4568 7.1.2: one line, the offer's tag, our key
+    assert answer.media[0].attribute_values("crypto") == [f"1 AES_CM_128_HMAC_SHA1_80 {key}"]
 
 
 @pytest.mark.parametrize(

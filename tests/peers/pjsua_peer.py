@@ -161,6 +161,9 @@ def make_account(peer: Peer, sip_port: int) -> PeerAccount:
         acfg.regConfig.registerOnAdd = False
     if args.user and args.password:
         acfg.sipConfig.authCreds.append(pj.AuthCredInfo("digest", "*", args.user, 0, args.password))
+    if args.srtp:  # SDES-SRTP (RFC 4568) required, offered/accepted over plain UDP signalling
+        acfg.mediaConfig.srtpUse = pj.PJMEDIA_SRTP_MANDATORY
+        acfg.mediaConfig.srtpSecureSignaling = 0
     mt = acfg.mediaConfig.transportConfig
     mt.port = args.rtp_port
     mt.boundAddress = LOOPBACK
@@ -202,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--domain")
     parser.add_argument("--register", help="registrar URI to register with first")
     parser.add_argument("--max-time", type=float, default=30)
+    parser.add_argument("--srtp", action="store_true", help="require SDES-SRTP (RTP/SAVP)")
     parser.add_argument("--log-file")
     parser.add_argument("--log-level", type=int, default=0)
     args = parser.parse_args(argv)

@@ -325,10 +325,8 @@ def _action_problems(action: Action, ep: AssignEndpoint) -> list[str]:
 def _check_supported(ep: AssignEndpoint, held: Collection[str]) -> list[str]:
     # What this worker's engine does not run yet: refused, never silently downgraded.
     out = []
-    if ep.media.srtp is not SrtpMode.OFF:
-        out.append(
-            f"media.srtp {ep.media.srtp.value!r} is not supported by this worker yet; use 'off'"
-        )
+    if ep.media.srtp is SrtpMode.DTLS:  # needs a DTLS handshake (and usually ICE)
+        out.append("media.srtp 'dtls' is not supported by this worker; use 'off' or 'sdes'")
     for i, action in enumerate(ep.actions):
         if action.do in (ActionKind.HOLD, ActionKind.RESUME):
             out.append(

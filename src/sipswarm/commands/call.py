@@ -61,6 +61,9 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ptime", type=int, default=20, help="packet time, ms (20)")
     parser.add_argument("--tone", type=float, default=440.0, help="tone frequency, Hz (440)")
     parser.add_argument("--rtp-ports", default="20000-39999", help="RTP port range low-high")
+    parser.add_argument(
+        "--srtp", choices=["off", "sdes"], default="off", help="SRTP keyed by SDP a=crypto (off)"
+    )
     parser.add_argument("--tls-verify", choices=["system", "custom", "skip"], default="system")
     parser.add_argument("--ca-file", help="CA bundle for --tls-verify custom")
     parser.add_argument("--quiet", action="store_true", help="no SIP trace, summary only")
@@ -126,6 +129,7 @@ def endpoint_spec(
             "codecs": [c.strip() for c in args.codecs.split(",") if c.strip()],
             "ptime_ms": args.ptime,
             "source": {"kind": "tone", "frequency_hz": args.tone},
+            "srtp": getattr(args, "srtp", "off"),
         },
     }
     assign = {"assignment_id": "cli", "run_id": "cli", "endpoints": [raw]}
@@ -218,6 +222,9 @@ class ItemPrinter:
             w(f"  RTP sent {s['packets_sent']}  received {r['packets_received']}  lost "
               f"{r['packets_lost']}  jitter {r['jitter_ms']} ms  rtt {r['rtt_ms']} ms  "
               f"MOS {r['mos']}  (last interval)\n")  # fmt: skip
+            if "srtp_auth_failures" in r:
+                w(f"  SRTP auth failures {r['srtp_auth_failures']}  replays "
+                  f"{r['srtp_replays']}\n")  # fmt: skip
 
     def _outcome(self, item: dict[str, Any]) -> None:
         self.outcomes.append(item)

@@ -5,7 +5,9 @@ that each reads on its own. :class:`CallMedia` owns the session of one call
 leg: :meth:`~CallMedia.open` binds the ports with a
 :class:`~sipswarm.engine.switchable.SwitchableCodec` (the codec is only known
 after the answer), :meth:`~CallMedia.local` describes it for the SDP,
-:meth:`~CallMedia.start` applies the negotiated media, :meth:`~CallMedia.send_dtmf`
+:meth:`~CallMedia.start` applies the negotiated media (with ``srtp="sdes"`` the
+offer/answer carries our ``a=crypto`` keys and the start keys SRTP from both
+sides' lines, :mod:`sipswarm.media.sdes`), :meth:`~CallMedia.send_dtmf`
 plays RFC 4733 events, :meth:`~CallMedia.stop` closes it and returns a
 warning in words when the call's media was poor (no RTP at all, or loss
 above :data:`~sipswarm.engine.outcomes.LOSS_WARNING_FRACTION`).
@@ -17,15 +19,21 @@ counters stay cumulative since it started (PROTOCOL.md) and never go back.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from sipswarm.engine.outcomes import LOSS_WARNING_FRACTION
 from sipswarm.engine.rtp_session import RtpSession
+from sipswarm.engine.srtp import SrtpContext
 from sipswarm.engine.switchable import SwitchableCodec, SwitchableSource
-from sipswarm.errors import NegotiationError
+from sipswarm.errors import ConfigError, NegotiationError
 from sipswarm.media.codecs import Codec
+from sipswarm.media.sdes import ANSWER_SUITES, OFFER_SUITES, negotiated_keys, offer_crypto
 from sipswarm.media.sdp import LocalMedia, NegotiatedMedia
+
+#: ``media.srtp`` values this engine runs (``dtls`` needs a DTLS handshake and ICE).
+SRTP_MODES = ("off", "sdes")
 
 __all__ = ["COUNTER_KEYS", "CallMedia"]
 
@@ -57,7 +65,16 @@ class CallMedia:
         opener: Opener,
         closer: Callable[[RtpSession], None],
         source_for: Callable[[Codec], Any],
+        *,
+        srtp: str = "off",
+        random_bytes: Callable[[int], bytes] = secrets.token_bytes,
     ) -> None:
+        if srtp not in SRTP_MODES:
+            raise ConfigError(f"media.srtp must be one of {', '.join(SRTP_MODES)}, got {srtp!r}")
+        self.srtp = srtp
+        self._random_bytes = random_bytes
+        self._crypto: dict[bool, tuple[str, ...]] = {}
+        self.srtp_context: SrtpContext | None = None
         self._opener = opener
         self._closer = closer
         self._source_for = source_for
@@ -77,10 +94,29 @@ class CallMedia:
         self.session = await self._opener(self.codec, self.source)
         return self.session
 
-    @staticmethod
-    def local(address: str, port: int, codecs: Sequence[Codec], ptime_ms: int) -> LocalMedia:
-        """What to put in the offer/answer for our stream."""
-        return LocalMedia(address=address, port=port, codecs=codecs, ptime_ms=ptime_ms)
+    def local(
+        self, address: str, port: int, codecs: Sequence[Codec], ptime_ms: int, *, offer: bool = True
+    ) -> LocalMedia:
+        """What to put in the offer (``offer``) or answer for our stream.
+
+        With SDES the keys are drawn once per call (first use) and kept until :meth:`stop`:
+        the offer carries one line per suite of OFFER_SUITES, an answer's candidates are one
+        per suite we accept, of which ``build_answer`` keeps the one matching the offer.
+        """
+        if self.srtp != "sdes":
+            return LocalMedia(address=address, port=port, codecs=codecs, ptime_ms=ptime_ms)
+        crypto = self._crypto.get(offer)
+        if crypto is None:
+            attrs = offer_crypto(OFFER_SUITES if offer else ANSWER_SUITES, self._random_bytes)
+            crypto = self._crypto[offer] = tuple(a.serialise() for a in attrs)
+        return LocalMedia(
+            address=address,
+            port=port,
+            codecs=codecs,
+            ptime_ms=ptime_ms,
+            crypto=crypto,
+            proto="RTP/SAVP",
+        )
 
     @property
     def started(self) -> bool:
@@ -100,6 +136,7 @@ class CallMedia:
             codec.switch(media.codec)
             source.switch(self._source_for(media.codec))
         self.negotiated = media
+        srtp = self._srtp_for(media)
         session.start(
             media.remote_rtp,
             media.remote_rtcp,
@@ -107,7 +144,17 @@ class CallMedia:
             rtcp_mux=media.rtcp_mux,
             send=media.sending,
             dtmf_payload_type=media.telephone_event_pt,
+            srtp=srtp,
         )
+
+    def _srtp_for(self, media: NegotiatedMedia) -> SrtpContext | None:
+        """The SRTP context keyed by both sides' a=crypto (NegotiationError if they do not pair)."""
+        if self.srtp != "sdes":
+            return None
+        keys = negotiated_keys(media.local_crypto, media.remote_crypto)
+        ctx = self.srtp_context
+        self.srtp_context = SrtpContext(keys) if ctx is None else ctx.rekeyed(keys)
+        return self.srtp_context
 
     def metrics(self) -> dict[str, dict[str, Any]] | None:
         """``send``/``recv``/``remote`` for the ``metrics`` item: the running session's
@@ -161,4 +208,6 @@ class CallMedia:
             self._closed_totals = self._with_totals(session.snapshot() if self.started else None)
         self._closer(session)
         self.session = None
+        self._crypto.clear()  # a next call gets new keys
+        self.srtp_context = None
         return warning

@@ -117,7 +117,7 @@ def take_call(ep: Endpoint, ev: IncomingCall, now: float) -> None:
     try:
         offer = parse_sdp(ev.sdp_offer)
         # pick the codec first; the real port goes in once the session is bound
-        probe = build_answer(offer, ep._local_media(9), session_id=0)
+        probe = build_answer(offer, ep._local_media(9, offer=False), session_id=0)
         media = answered_media(offer, probe)
     except (NegotiationError, SdpError) as exc:
         ep.fail(Outcome.NEGOTIATION_FAILED, f"offer not acceptable: {exc}", 488)
@@ -141,7 +141,8 @@ async def _answer_incoming(ep: Endpoint, offer: SessionDescription, codec: Codec
         ep._stop_media()  # cancelled while we bound the ports
         return
     now = ep.host.loop.time()
-    answer = build_answer(offer, ep._local_media(session.local_port), session_id=now_id(now))
+    local = ep._local_media(session.local_port, offer=False)
+    answer = build_answer(offer, local, session_id=now_id(now))
     ep.negotiated = answered_media(offer, answer)  # started once the ACK arrives
     ep._stack().ring(call, now)
     ep._advance(Phase.RINGING, now)

@@ -44,22 +44,31 @@ asymmetric peer, whose media comes from another port than its SDP names) the
 socket stays unconnected and every source is read and counted, as before.
 A re-``start`` to a new remote dissolves the association
 (:func:`~sipswarm.engine.ports.disconnect_udp`) and the check starts over.
+
+SRTP (RFC 3711): ``start(..., srtp=ctx)`` with an
+:class:`~sipswarm.engine.srtp.SrtpContext` puts libsrtp on both paths: the
+socket-level sender (``_send_raw``) is wrapped once in ``_send_protected``
+and received datagrams take the general path, unprotected before anything
+else looks at them; RTCP is protected as SRTCP. Without a context nothing
+on the hot path changes (no per-packet test). Byte counts are of RTP
+packets, SRTP auth tags excluded, so the SR octet count stays right.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import random
 import socket
 import time
 from collections.abc import Callable
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from sipswarm.engine.media_clock import MediaClock
 from sipswarm.engine.ports import PortAllocation, disconnect_udp, set_dscp
 from sipswarm.engine.rtcp_session import IP_UDP_OVERHEAD, RTCP_BW_FRACTION, RtcpReporter
 from sipswarm.engine.rtp_dtmf import DtmfPlayback
+from sipswarm.engine.rtp_state import TRANSITIONS, FrameSource, MediaCodec, SessionState
+from sipswarm.engine.srtp import LibSrtpError, SrtpContext
 from sipswarm.errors import ConfigError, InvalidState
 from sipswarm.media.dtmf import DtmfEvent, DtmfReceiver, DtmfSender
 from sipswarm.media.emodel import impairment_for, mos_from_r, r_factor
@@ -80,6 +89,7 @@ __all__ = [
     "IP_UDP_OVERHEAD",
     "RECV_SIZE",
     "RTCP_BW_FRACTION",
+    "TRANSITIONS",
     "FrameSource",
     "MediaCodec",
     "RtpSession",
@@ -90,43 +100,6 @@ __all__ = [
 def _discard(data: bytes) -> int:
     """Where packets go before the socket is read or after the session stopped."""
     return 0
-
-
-class MediaCodec(Protocol):
-    """What the session needs of a negotiated codec (``media.codecs.Codec`` satisfies it)."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def payload_type(self) -> int: ...
-
-    @property
-    def rtp_clock_rate(self) -> int: ...
-
-
-class FrameSource(Protocol):
-    """Encoded frames, one per ptime (``media.sources.EncodedSource`` satisfies it)."""
-
-    def frame(self, index: int) -> bytes: ...
-
-
-class SessionState(enum.Enum):
-    """Life of a session: ports bound (OPEN), media flowing (STARTED), ports returned."""
-
-    OPEN = "open"
-    STARTED = "started"
-    STOPPED = "stopped"
-
-
-#: (state, action) -> next state; anything missing raises InvalidState (STYLE.md rule 8).
-TRANSITIONS: Final = {
-    (SessionState.OPEN, "start"): SessionState.STARTED,
-    (SessionState.STARTED, "start"): SessionState.STARTED,  # re-INVITE: new remote or codec
-    (SessionState.OPEN, "stop"): SessionState.STOPPED,
-    (SessionState.STARTED, "stop"): SessionState.STOPPED,
-    (SessionState.STOPPED, "stop"): SessionState.STOPPED,
-}
 
 
 #: Largest datagram read; anything longer is truncated and then rejected by the parsers.
@@ -187,6 +160,8 @@ class RtpSession:
         self._rtcp_sock: socket.socket | None = None
         self._write = self._writer.write
         self._send: Callable[[bytes], int] = _discard
+        self._send_raw: Callable[[bytes], int] = _discard
+        self.srtp: SrtpContext | None = None
         self._connected = False
         self._plain = True
         self._dtmf_pt = -1
@@ -267,6 +242,7 @@ class RtpSession:
         send: bool = True,
         latch: bool = False,
         dtmf_payload_type: int | None = None,
+        srtp: SrtpContext | None = None,
     ) -> None:
         """Send to ``remote_addr`` (RTCP to ``remote_rtcp_addr``, default port + 1) and receive.
 
@@ -274,7 +250,8 @@ class RtpSession:
         ``rtcp_mux`` when both sides agreed on a=rtcp-mux; ``send=False`` for
         recvonly/inactive (hold); ``dtmf_payload_type`` the negotiated
         telephone-event type (RFC 4733), enabling :meth:`send_dtmf` and
-        :meth:`dtmf_events_received`. Calling it again (re-INVITE) updates all of it.
+        :meth:`dtmf_events_received`; ``srtp`` the SDES-keyed context when SRTP
+        was negotiated (module docstring). Calling it again (re-INVITE) updates all of it.
         """
         self._transition("start")
         if payload_type is not None:
@@ -289,9 +266,12 @@ class RtpSession:
         else:
             self._remote_rtcp = remote_rtcp_addr or (remote_addr[0], remote_addr[1] + 1)
         self._latch = latch
-        self._plain = not rtcp_mux
-        if not self._connected:
-            self._send = self._send_unconnected if self._rtp_sock is not None else _discard
+        self.srtp = srtp
+        self._plain = not rtcp_mux and srtp is None
+        if self._connected:
+            self._set_sender(self._send_raw)
+        else:
+            self._set_sender(self._send_unconnected if self._rtp_sock is not None else _discard)
         self._dtmf_pt = -1 if dtmf_payload_type is None else dtmf_payload_type
         self.set_sending(send)
         if not self.rtcp.scheduled:
@@ -341,6 +321,22 @@ class RtpSession:
             return 0
         return sock.sendto(packet, self._remote_rtp)
 
+    def _set_sender(self, send: Callable[[bytes], int]) -> None:
+        """Where packets go; wrapped once in SRTP protection when a context is set."""
+        self._send_raw = send
+        self._send = send if self.srtp is None else self._send_protected
+
+    def _send_protected(self, packet: bytes) -> int:
+        srtp = self.srtp
+        assert srtp is not None
+        try:
+            wire = srtp.protect_rtp(packet)
+        except LibSrtpError:  # libsrtp refuses only malformed packets; ours are not
+            srtp.errors += 1
+            return 0
+        self._send_raw(wire)
+        return len(packet)
+
     def _on_rtp_readable(self) -> None:
         """One datagram per readiness event (the poller is level-triggered)."""
         sock = self._rtp_sock
@@ -384,6 +380,11 @@ class RtpSession:
         if self._mux and is_rtcp(data):
             self._on_rtcp(data)
             return
+        if self.srtp is not None:
+            plain = self.srtp.unprotect_rtp(data)
+            if plain is None:
+                return  # counted by the context: auth failure, replay or garbage
+            data = plain
         if len(data) > 1 and data[1] & 0x7F == self._dtmf_pt:
             self._on_dtmf(data)
             return
@@ -408,7 +409,7 @@ class RtpSession:
             self.socket_errors += 1
             return
         self._connected = True
-        self._send = sock.send
+        self._set_sender(sock.send)
 
     def _disconnect(self) -> None:
         """Dissolve the socket's association (back to ``sendto``/``recvfrom``, every source)."""
@@ -421,7 +422,7 @@ class RtpSession:
                 disconnect_udp(sock)
             except OSError:
                 self.socket_errors += 1
-            self._send = self._send_unconnected
+            self._set_sender(self._send_unconnected)
 
     # -- DTMF (RFC 4733) --------------------------------------------------------------------
 
@@ -516,6 +517,11 @@ class RtpSession:
         return last_ts + int((now - self._last_due) * self.codec.rtp_clock_rate)
 
     def _on_rtcp(self, data: bytes) -> None:
+        if self.srtp is not None:
+            plain = self.srtp.unprotect_rtcp(data)
+            if plain is None:
+                return
+            data = plain
         self.rtcp.receive(data)
 
     def send_rtcp(self, data: bytes) -> None:
@@ -523,8 +529,15 @@ class RtpSession:
         sock = self._rtp_sock if self._mux else self._rtcp_sock
         if sock is None or self._remote_rtcp is None:
             return
+        wire = data
+        if self.srtp is not None:
+            try:
+                wire = self.srtp.protect_rtcp(data)
+            except LibSrtpError:
+                self.srtp.errors += 1
+                return
         try:
-            sock.sendto(data, self._remote_rtcp)
+            sock.sendto(wire, self._remote_rtcp)
         except OSError:
             self.socket_errors += 1
             return
@@ -554,7 +567,10 @@ class RtpSession:
         ``now`` is accepted for symmetry with the cores; the figures are those
         of the last closed one-second interval.
         """
-        return metrics_snapshot(self.send_stats, self.recv_stats, self.quality, self.remote)
+        snap = metrics_snapshot(self.send_stats, self.recv_stats, self.quality, self.remote)
+        if self.srtp is not None:
+            snap["recv"].update(self.srtp.metrics())  # worker extension (docs/protocol.md)
+        return snap
 
     def stop(self, reason: str | None = None) -> None:
         """Stop sending, send an RTCP BYE (§6.6) if media was started, close the sockets.
@@ -576,4 +592,4 @@ class RtpSession:
             self.loop.remove_reader(self._rtp_sock.fileno())
             self._rtp_sock = None
         self._connected = False
-        self._send = _discard
+        self._set_sender(_discard)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 from sipswarm.errors import NegotiationError
 from sipswarm.media.codecs import CODECS, TELEPHONE_EVENT, Codec
+from sipswarm.media.sdes import SdesError, answer_crypto
 from sipswarm.media.sdp_syntax import (
     DIRECTIONS,
     MAX_SDP_SIZE,
@@ -106,7 +107,9 @@ class NegotiatedMedia:
 
     ``direction`` is ours (``sendonly``: we send, the peer does not). ``remote_rtcp`` is where
     our RTCP goes (the RTP address under rtcp-mux). ``remote_crypto`` holds the peer's
-    ``a=crypto`` values for SDES-SRTP keying; ``media_index`` the m= line used.
+    ``a=crypto`` values for SDES-SRTP keying and ``local_crypto`` ours on the same m= line
+    (pair them with :func:`sipswarm.media.sdes.negotiated_keys`); ``media_index`` the m= line
+    used.
     """
 
     codec: Codec
@@ -120,6 +123,7 @@ class NegotiatedMedia:
     remote_fmtp: str = ""
     remote_crypto: tuple[str, ...] = ()
     media_index: int = 0
+    local_crypto: tuple[str, ...] = ()
 
     @property
     def sending(self) -> bool:
@@ -271,7 +275,11 @@ def _acceptable_protos(local: LocalMedia) -> tuple[str, ...]:
 
 
 def _answer_section(
-    offer: SessionDescription, m: MediaDescription, local: LocalMedia, codec: Codec
+    offer: SessionDescription,
+    m: MediaDescription,
+    local: LocalMedia,
+    codec: Codec,
+    crypto: tuple[str, ...],
 ) -> MediaDescription:
     codecs = [codec]
     te = _telephone_event(m, codec.clock_rate) if local.telephone_event else None
@@ -283,8 +291,35 @@ def _answer_section(
         codecs.append(te_codec)
     ptime = local.ptime_ms if local.ptime_ms in codec.ptimes else 20
     direction = _our_direction(local.direction, offer.direction_of(m))
-    here = dataclasses.replace(local, ptime_ms=ptime)
+    here = dataclasses.replace(local, ptime_ms=ptime, crypto=crypto)
     return _media_section(here, codecs, m.proto, direction, m.rtcp_mux and local.rtcp_mux)
+
+
+def _answer_crypto(
+    m: MediaDescription, local: LocalMedia, notes: list[str]
+) -> tuple[str, ...] | None:
+    """The answer's a=crypto for ``m`` (RFC 4568 §7.1.2): () for RTP/AVP, None to reject."""
+    if not m.proto.startswith("RTP/SAVP"):
+        return ()
+    if not local.crypto:
+        return None
+    try:
+        return (answer_crypto(m.attribute_values("crypto"), local.crypto),)
+    except SdesError as exc:
+        notes.append(str(exc))
+        return None
+
+
+def _srtp_hint(offer: SessionDescription, local: LocalMedia, notes: list[str]) -> str:
+    """Why SRTP settings stood in the way, in words, for the 488's reason."""
+    secure = local.proto.startswith("RTP/SAVP")
+    if notes:
+        return "; " + "; ".join(notes)
+    if secure and any(m.proto.startswith("RTP/AVP") for m in offer.media):
+        return "; SRTP (media.srtp sdes) is required here and the offer is plain RTP/AVP"
+    if not secure and any("SAVP" in m.proto for m in offer.media):
+        return "; the offer requires SRTP and media.srtp is off here"
+    return ""
 
 
 def _rejected(m: MediaDescription) -> MediaDescription:
@@ -311,14 +346,16 @@ def build_answer(
     protos = _acceptable_protos(local)
     sdp = _session(local, session_id, 0)
     accepted = False
+    srtp_notes: list[str] = []
     for m in offer.media:
         codec = None
         if not accepted and m.media == "audio" and m.port != 0 and m.proto in protos:
             codec = _pick(m, local.codecs)
-        if codec is None or (m.proto.startswith("RTP/SAVP") and not local.crypto):
+        crypto = _answer_crypto(m, local, srtp_notes) if codec is not None else None
+        if codec is None or crypto is None:
             sdp.media.append(_rejected(m))
             continue
-        sdp.media.append(_answer_section(offer, m, local, codec))
+        sdp.media.append(_answer_section(offer, m, local, codec, crypto))
         accepted = True
     if not accepted:
         offered = "; ".join(_describe(m) for m in offer.media)
@@ -326,6 +363,7 @@ def build_answer(
         raise NegotiationError(
             f"no acceptable audio stream in the offer: offered {offered}; "
             f"supported {supported} over {' or '.join(protos)}"
+            + _srtp_hint(offer, local, srtp_notes)
         )
     if previous_answer is not None:
         old = previous_answer.origin
@@ -403,6 +441,7 @@ def _negotiated(
         remote_fmtp=their_m.fmtps().get(codec.payload_type, ""),
         remote_crypto=tuple(their_m.attribute_values("crypto")),
         media_index=index,
+        local_crypto=tuple(our_m.attribute_values("crypto")),
     )
 
 
