@@ -14,6 +14,7 @@ import uvloop
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.typing import Subprotocol
 
+from sipswarm.engine.resolver import ResolverSettings, ServerTarget, SipResolver
 from sipswarm.engine.tls import TlsSettings, client_context
 from sipswarm.engine.transport import Address, TransportError
 from sipswarm.engine.ws_transport import MAX_WRITE_BUFFER, WsTransport, ws_url
@@ -353,5 +354,47 @@ def test_wss_checks_the_certificate_against_the_named_domain(tmp_path: Path) -> 
         named.close()
         await named.wait_closed()
         await server.stop()
+
+    run(body)
+
+
+def test_keepalive_ping_detects_a_silent_server() -> None:
+    release = asyncio.Event()
+
+    async def script(ws: ServerConnection) -> None:
+        await ws.recv()
+        ws.transport.pause_reading()  # pings are no longer read, so never answered
+        await release.wait()
+        ws.transport.abort()  # no close handshake with a connection that does not read
+
+    async def body() -> None:
+        server, inbox = SipWsServer(script), Inbox()
+        remote = await server.start()
+        transport = await _open(inbox, ping_interval=0.2, ping_timeout=0.3)
+        transport.send(OPTIONS, remote)
+        # ping timeout, then CLOSE_TIMEOUT for the close frame that never comes
+        await inbox.until(lambda: len(inbox.errors) == 1, timeout=5)
+        error = inbox.errors[0]
+        assert error.kind == "closed" and "keepalive ping timeout" in error.reason
+        assert transport.connections == []
+        transport.close()
+        release.set()
+        await server.stop()
+
+    run(body)
+
+
+def test_resolver_locates_ws_servers_by_address_only() -> None:
+    async def body() -> None:
+        resolver = SipResolver(
+            ResolverSettings(nameservers=[], overrides={"pbx.test": ("127.0.0.1", None)})
+        )
+        [wss] = await resolver.resolve("pbx.test", None, "wss")
+        assert wss == ServerTarget("WSS", ("127.0.0.1", 443), "pbx.test")
+        [ws] = await resolver.resolve_uri("sip:127.0.0.1:8080;transport=ws")
+        assert ws == ServerTarget("WS", ("127.0.0.1", 8080), "127.0.0.1")
+        [secure] = await resolver.resolve_uri("sips:pbx.test;transport=ws")
+        assert secure.transport == "WSS" and secure.address == ("127.0.0.1", 443)
+        assert resolver.queries_sent == 0  # RFC 7118: no NAPTR/SRV for WebSocket
 
     run(body)
