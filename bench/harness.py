@@ -81,15 +81,19 @@ def cpu_seconds(pid: int) -> float:
 class CpuMeter:
     """CPU of named process trees over a window: ``start()``, ``stop()``, ``percent(name)``.
 
-    Trees are resolved at ``start()`` (PIDs that appear later are added at
-    ``stop()``, counted from 0); a process that exits inside the window loses
-    its last figures, so measure while the processes live.
+    Trees are resolved at ``start()`` and again at ``stop()`` (PIDs that
+    appear later are counted from 0); :meth:`sample` reads only the PIDs known
+    then. Resolving a tree walks all of ``/proc`` (psutil ``children``): done on
+    every sample it cost the measuring process ~60 % of its own CPU, which
+    ``swarm`` runs counted as generator CPU. A process that exits inside the
+    window keeps the figures of its last sample, so measure while they live.
     """
 
     def __init__(self, trees: dict[str, int | list[int]]) -> None:
         self.trees = trees
         self._t0 = 0.0
         self._wall = 0.0
+        self._pids: dict[str, list[int]] = {}
         self._before: dict[str, dict[int, float]] = {}
         self._last: dict[str, dict[int, float]] = {}
         self.seconds: dict[str, float] = {}
@@ -97,22 +101,26 @@ class CpuMeter:
     def start(self) -> None:
         self._t0 = time.monotonic()
         self._last = {}
+        self._pids = {name: _pids(spec) for name, spec in self.trees.items()}
         self._before = {
-            name: {p: cpu_seconds(p) for p in _pids(pid)} for name, pid in self.trees.items()
+            name: {p: cpu_seconds(p) for p in pids} for name, pids in self._pids.items()
         }
 
     def sample(self) -> None:
-        """Note the CPU of every live process now (a process that exits before
+        """Note the CPU of every known process now (a process that exits before
         ``stop()`` is then counted up to its last sample)."""
-        for name, pid in self.trees.items():
+        for name, pids in self._pids.items():
             seen = self._last.setdefault(name, {})
-            for p in _pids(pid):
+            for p in pids:
                 value = cpu_seconds(p)
                 if value:
                     seen[p] = value
 
     def stop(self) -> None:
         self._wall = time.monotonic() - self._t0
+        for name, spec in self.trees.items():
+            known = self._pids.setdefault(name, [])
+            known.extend(p for p in _pids(spec) if p not in known)
         self.sample()
         for name in self.trees:
             before = self._before.get(name, {})
@@ -126,6 +134,36 @@ class CpuMeter:
     def percent(self, name: str) -> float:
         """CPU % of one core (100 = one core busy) over the window."""
         return 100.0 * self.seconds.get(name, 0.0) / self._wall if self._wall else 0.0
+
+
+def udp_drops(pids: Iterable[int]) -> int:
+    """Datagrams the kernel dropped on the UDP sockets ``pids`` hold (receive buffer
+    full), summed from the ``drops`` column of /proc/net/udp[6]."""
+    inodes: set[str] = set()
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+    total = 0
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(table) as fh:
+                next(fh)
+                for line in fh:
+                    cols = line.split()
+                    if cols[9] in inodes:
+                        total += int(cols[-1])
+        except OSError:
+            continue
+    return total
 
 
 def machine_busy() -> tuple[float, float]:

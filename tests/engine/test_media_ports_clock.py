@@ -119,3 +119,48 @@ def test_clock_spreads_streams_over_slots_and_keeps_the_pace() -> None:
         assert clock.take_stats()[0].count == 0
 
     asyncio.run(run())
+
+
+def test_clock_sleeps_while_empty_and_wakes_on_the_same_grid() -> None:
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        clock = MediaClock(loop)
+        clock.start()
+        await asyncio.sleep(0.05)
+        # nothing registered: the first tick found no work and the timer was not re-armed
+        assert clock._handle is None
+        assert clock.take_stats()[1].count <= 1
+        dues: list[float] = []
+        clock.add(dues.append, 20)
+        await asyncio.sleep(0.1)
+        clock.remove(dues.append)
+        await asyncio.sleep(0.03)
+        assert clock._handle is None
+        lateness, _lag, skipped = clock.take_stats()
+        assert lateness.count == len(dues)
+        assert skipped == 0  # the idle spell is not counted as skipped ticks
+        assert 3 <= len(dues) <= 6
+        # still on the grid started at start(): whole ticks after t0
+        for due in dues:
+            ticks = (due - clock._t0) / clock.tick
+            assert abs(ticks - round(ticks)) < 1e-6
+        assert all(abs(b - a - 0.02) < 1e-9 for a, b in itertools.pairwise(dues))
+        clock.stop()
+
+    asyncio.run(run())
+
+
+def test_wheel_placement_fills_evenly_and_refills_holes() -> None:
+    async def run() -> None:
+        clock = MediaClock(asyncio.get_running_loop())
+        cbs = [lambda due, i=i: None for i in range(2000)]
+        for cb in cbs:
+            clock.add_chore(cb, 1000)
+        assert {len(s) for s in clock._chores[1000].slots} == {2}
+        for cb in cbs[100:110]:  # ten sessions leave, ten new ones come
+            clock.remove_chore(cb)
+        for i in range(10):
+            clock.add_chore(lambda due, i=i: None, 1000)
+        assert {len(s) for s in clock._chores[1000].slots} == {2}
+
+    asyncio.run(run())

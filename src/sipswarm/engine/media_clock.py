@@ -86,18 +86,45 @@ class LatencyHistogram:
 
 
 class _Wheel:
-    """The slots of one period: slot ``k`` holds the callbacks run at ticks n with n % size == k."""
+    """The slots of one period: slot ``k`` holds the callbacks run at ticks n with n % size == k.
 
-    __slots__ = ("size", "slots")
+    A callback joins a least loaded slot in O(1): the slots are kept in sets by
+    load (``_by_load``) with the lowest load known. A scan of every slot cost
+    ~100 µs per session on the 1000-slot per-second chore wheel, i.e. per call.
+    """
+
+    __slots__ = ("_by_load", "_low", "size", "slots")
 
     def __init__(self, size: int) -> None:
         self.size = size
         self.slots: list[list[SendCallback]] = [[] for _ in range(size)]
+        self._by_load: dict[int, set[int]] = {0: set(range(size))}
+        self._low = 0
 
     def add(self, cb: SendCallback) -> int:
-        slot = min(range(self.size), key=lambda k: len(self.slots[k]))
+        """Append ``cb`` to a least loaded slot; return the slot."""
+        load = self._low
+        low = self._by_load[load]
+        slot = low.pop()
         self.slots[slot].append(cb)
+        self._by_load.setdefault(load + 1, set()).add(slot)
+        if not low:
+            del self._by_load[load]
+            self._low = load + 1
         return slot
+
+    def remove(self, cb: SendCallback, slot: int) -> None:
+        """Take ``cb`` out of ``slot`` (where :meth:`add` put it)."""
+        entries = self.slots[slot]
+        load = len(entries)
+        entries.remove(cb)
+        here = self._by_load[load]
+        here.discard(slot)
+        if not here:
+            del self._by_load[load]
+        self._by_load.setdefault(load - 1, set()).add(slot)
+        if load - 1 < self._low:
+            self._low = load - 1
 
 
 class MediaClock:
@@ -129,6 +156,7 @@ class MediaClock:
         self._n = 0
         self._deadline = 0.0
         self._handle: asyncio.TimerHandle | asyncio.Handle | None = None
+        self._running = False
         self.lateness = LatencyHistogram()
         self.loop_lag = LatencyHistogram()
         self.skipped_ticks = 0
@@ -178,6 +206,8 @@ class MediaClock:
         if wheel is None:
             wheel = wheels[ticks] = _Wheel(ticks)
         where[cb] = (ticks, wheel.add(cb))
+        if self._running and self._handle is None:
+            self._wake()
 
     @staticmethod
     def _unplace(
@@ -185,21 +215,34 @@ class MediaClock:
     ) -> None:
         place = where.pop(cb, None)
         if place is not None:
-            wheels[place[0]].slots[place[1]].remove(cb)
+            wheels[place[0]].remove(cb, place[1])
 
     def start(self) -> None:
-        """Start ticking; the first tick is due one tick from now."""
-        if self._handle is not None:
+        """Start ticking; the first tick is due one tick from now.
+
+        The clock sleeps while no stream or chore is registered (an idle shard
+        costs no wake-ups) and wakes on the next :meth:`add`/:meth:`add_chore`,
+        on the same tick grid.
+        """
+        if self._running:
             return
+        self._running = True
         self._t0 = time.monotonic()
         self._n = 1
         self._arm(time.monotonic())
 
     def stop(self) -> None:
         """Stop ticking; streams stay registered (start again to resume)."""
+        self._running = False
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+
+    def _wake(self) -> None:
+        """Resume after an idle spell at the next tick of the grid; idle ticks are not skips."""
+        now = time.monotonic()
+        self._n = max(self._n, int((now - self._t0) / self.tick) + 1)
+        self._arm(now)
 
     def take_stats(self) -> tuple[LatencyHistogram, LatencyHistogram, int]:
         """Return (send lateness, loop lag, skipped ticks) since the last call, and reset them."""
@@ -230,7 +273,10 @@ class MediaClock:
             self._run_tick(self._n, due)
             self._n += 1
             due += self.tick
-        self._arm(time.monotonic())
+        if self._where or self._chore_where:
+            self._arm(time.monotonic())
+        else:  # nothing to send: sleep until the next add (see start)
+            self._handle = None
 
     def _run_tick(self, n: int, due: float) -> None:
         """Send every stream whose slot is ``n``; measure each send against ``due``."""

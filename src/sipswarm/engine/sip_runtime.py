@@ -41,7 +41,18 @@ from sipswarm.sip.events import Event, MessageDropped, Owner, TraceRecord
 from sipswarm.sip.ids import IdFactory
 from sipswarm.sip.stack import SipStack
 
-__all__ = ["RuntimeOwner", "RuntimeSettings", "SipRuntime"]
+__all__ = ["UDP_RECEIVE_BUFFER", "RuntimeOwner", "RuntimeSettings", "SipRuntime"]
+
+#: SO_RCVBUF of a shared UDP SIP socket (the kernel caps it at net.core.rmem_max).
+#: Hundreds of endpoints share one socket; with the default ~208 KiB (~200
+#: loopback datagrams of kernel truesize) a shard descheduled for 100 ms at
+#: 400 calls/s overflows it, and every lost 407/200/BYE response is a
+#: retransmission at best and a failed call at worst.
+UDP_RECEIVE_BUFFER = 4 * 1024 * 1024
+
+
+#: TransportError kinds that say the peer cannot be reached (not our own socket's fault).
+_PEER_FAILURES = frozenset({"connect", "send", "receive", "closed"})
 
 
 class RuntimeOwner(Protocol):
@@ -106,7 +117,11 @@ class SipRuntime:
         transport: SipTransport
         if kind == "udp":
             transport = await UdpTransport.open(
-                runtime.receive, runtime._on_error, settings.bind_host, settings.port
+                runtime.receive,
+                runtime._on_error,
+                settings.bind_host,
+                settings.port,
+                receive_buffer=UDP_RECEIVE_BUFFER,
             )
         elif kind in ("tcp", "tls"):
             tls = kind == "tls"
@@ -178,9 +193,20 @@ class SipRuntime:
             self.flush()
 
     def _on_error(self, error: TransportError) -> None:
+        """A socket problem. When it names the peer (connection refused or reset, TLS
+        failure, ICMP unreachable on UDP), the stack ends every transaction waiting on
+        that peer at once with 503 (RFC 3261 8.1.3.1) instead of after Timer B/F: the
+        endpoints see CallFailed/RegistrationFailed 503. Only an error the stack could
+        not pin on a peer goes to the socket's own endpoint (OSERROR)."""
         self.transport_errors += 1
+        ended = 0
+        stack = self.stack
+        if stack is not None and error.remote is not None and error.kind in _PEER_FAILURES:
+            why = f"{error.transport} {error.kind} error: {error.reason}"
+            ended = stack.transport_error(error.remote, self._loop.time(), why)
+            self.flush()
         owner = self.exclusive_owner
-        if owner is not None:
+        if owner is not None and not ended:
             owner.on_transport_error(error)
 
     # -- output ---------------------------------------------------------------------
