@@ -38,6 +38,11 @@ class Backend(Protocol):
         """Endpoints started and not yet CLOSED."""
         ...
 
+    def problem(self) -> str | None:
+        """Why no endpoint can run now (no free RTP port, shards failed to start), else
+        None. The worker reports status ERROR with it as ``detail`` (PROTOCOL.md)."""
+        ...
+
     def phase_counts(self) -> dict[str, int]:
         """Active endpoints by phase name, for /metrics."""
         ...

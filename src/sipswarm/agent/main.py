@@ -105,7 +105,7 @@ def health_snapshot(sup: Supervisor) -> dict[str, Any]:
     """Body of ``GET /health``."""
     backend = sup.backend
     return {
-        "status": sup.status.value,
+        "status": sup.refresh_status().value,
         "detail": sup.detail,
         "connected": sup.link.connected,
         "worker_id": sup.config.worker_id,

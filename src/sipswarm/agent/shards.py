@@ -193,6 +193,7 @@ class ShardedBackend:
         self._metrics = MetricsMerger(emit, self._interval_for)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
+        self._start_error: str | None = None
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -214,6 +215,7 @@ class ShardedBackend:
             try:
                 await self.start()
             except (OSError, TimeoutError) as exc:
+                self._start_error = f"{type(exc).__name__}: {exc}"
                 log.error("shards_failed_to_start", error=str(exc))
 
         self._spawn_task(starter())
@@ -262,6 +264,14 @@ class ShardedBackend:
 
     def active_endpoints(self) -> int:
         return sum(int(s.status["active"]) for s in self._shards if s.alive)
+
+    def problem(self) -> str | None:
+        """ERROR detail: the shards failed to start, or none is alive (see Backend)."""
+        if self._start_error is not None:
+            return f"engine shards failed to start ({self._start_error}); see the worker log"
+        if not self._closing and not any(s.alive for s in self._shards):
+            return f"all {len(self._shards)} engine shard processes exited; see the worker log"
+        return None
 
     def phase_counts(self) -> dict[str, int]:
         total: Counter[str] = Counter()

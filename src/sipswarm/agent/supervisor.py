@@ -152,10 +152,27 @@ class Supervisor:
 
     # ------------------------------------------------------------------ link handler
 
-    def hello(self) -> Hello:
-        if self.status is WorkerStatus.ERROR and self._token_refused:
-            self._token_refused = False  # built after a successful upgrade: the token is good
+    def refresh_status(self) -> WorkerStatus:
+        """ERROR while the backend reports a problem (detail says why) or the token was
+        refused; back to ONLINE once neither holds. DRAINING stays. Returns the status."""
+        if self.status is WorkerStatus.DRAINING:
+            return self.status
+        problem = getattr(self.backend, "problem", lambda: None)()
+        if self._token_refused:
+            return self.status
+        if problem is not None:
+            if self.detail != problem or self.status is not WorkerStatus.ERROR:
+                log.error("worker cannot run endpoints", detail=problem)
+            self.set_status(WorkerStatus.ERROR, problem)
+        elif self.status is WorkerStatus.ERROR:
+            log.info("worker can run endpoints again")
             self.set_status(WorkerStatus.ONLINE)
+        return self.status
+
+    def hello(self) -> Hello:
+        # built after a successful upgrade: a token refused earlier is good now
+        self._token_refused = False
+        self.refresh_status()
         resume = self.stream.resume()
         return Hello(
             worker_id=self.config.worker_id,
@@ -174,6 +191,7 @@ class Supervisor:
         )
 
     def heartbeat(self) -> Heartbeat:
+        self.refresh_status()
         return Heartbeat(
             ts=int(time.time() * 1000),
             status=self.status,
@@ -210,8 +228,8 @@ class Supervisor:
             self._orphan_timer.cancel()
             self._orphan_timer = None
         self.media.reset()
-        if self.status is WorkerStatus.ERROR:
-            self.set_status(WorkerStatus.ONLINE)
+        self._token_refused = False
+        self.refresh_status()
 
     def session_ended(self) -> None:
         self.media.reset()
@@ -247,7 +265,7 @@ class Supervisor:
             detail = f"{len(clash)} endpoint id(s) already running here: {shown}"
             return [self._refuse(aid, RefusalReason.DUPLICATE, detail)]
         free, wanted = self.free_endpoints(), len(spec.endpoints)
-        if self.status is WorkerStatus.ERROR or wanted > free:
+        if self.refresh_status() is WorkerStatus.ERROR or wanted > free:
             why = f"{free} endpoints free, {wanted} requested"
             if self.status is WorkerStatus.ERROR:
                 why = f"worker in ERROR: {self.detail}"

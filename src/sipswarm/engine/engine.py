@@ -46,6 +46,7 @@ from sipswarm.agent.config import AgentConfig
 from sipswarm.engine.endpoint import Endpoint
 from sipswarm.engine.media_engine import MediaEngine
 from sipswarm.engine.overload import GeneratorHealth
+from sipswarm.engine.ports import PortPool
 from sipswarm.engine.resolver import ResolverSettings, SipResolver
 from sipswarm.engine.rtp_session import RtpSession
 from sipswarm.engine.scheduler import ScheduledCall, Scheduler
@@ -349,6 +350,15 @@ class EndpointEngine:
 
     def active_endpoints(self) -> int:
         return self._active
+
+    def problem(self) -> str | None:
+        """Why no endpoint can start now (the worker turns ERROR with it), else None."""
+        if self.free_endpoints() == 0:
+            return None  # full of its own endpoints: busy, not broken
+        if self.media is not None:
+            return self.media.pool.probe()
+        low, high = self.settings.rtp_port_range
+        return PortPool(low, high, self.settings.bind_host).probe()
 
     def phase_counts(self) -> dict[str, int]:
         counts: Counter[str] = Counter()

@@ -105,6 +105,26 @@ class PortPool:
             "or run fewer concurrent calls per worker"
         )
 
+    def probe(self) -> str | None:
+        """None if a pair outside this pool's own could be bound now, else why not.
+
+        Binds and closes at most one pair (the first free one): cheap unless the
+        whole range is held by other processes, which is what it detects.
+        """
+        for port in self._ports:
+            if port in self._in_use:
+                continue
+            alloc = self._bind_pair(port)
+            if alloc is not None:
+                alloc.rtp_sock.close()
+                alloc.close_rtcp()
+                return None
+        return (
+            f"no free RTP port pair in {self.low}-{self.high} on {self.host}"
+            f" ({len(self._in_use)} held by sipswarm, the rest by other processes);"
+            " widen RTP_PORT_RANGE or free the ports"
+        )
+
     def release(self, alloc: PortAllocation) -> None:
         """Close both sockets and return the pair to the pool (stop reading them first)."""
         alloc.rtp_sock.close()
