@@ -20,12 +20,17 @@ engine, started by this script) so that this process is measured alone, as
 when the far end is SIPp or a real system under test: N legs here send N x 50
 and receive N x 50 packets/s; the child's CPU is reported next to it.
 
+``--srtp`` keys every leg with SRTP/SRTCP (AES_CM_128_HMAC_SHA1_80, as
+SDES would, with fixed bench keys; the far end mirrors them): the
+difference to a run without it is libsrtp's cost per packet.
+
 It prints a markdown table and writes it with ``--output``.
 
 A benchmark, not a test: figures depend on what else runs on the machine.
 
     python bench/rtp_streams.py --streams 250,500,1000,1500,2000 --seconds 10
     python bench/rtp_streams.py --streams 250,500,1000,1500,2000 --seconds 10 --far-end process
+    python bench/rtp_streams.py --streams 500,1000 --seconds 10 --srtp
 """
 
 from __future__ import annotations
@@ -46,7 +51,9 @@ import psutil
 
 from sipswarm.engine.media_engine import MediaEngine
 from sipswarm.engine.rtp_session import RtpSession
+from sipswarm.engine.srtp import SrtpContext
 from sipswarm.media.codecs import codec_by_name
+from sipswarm.media.sdes import SUITES, SdesKeys
 from sipswarm.media.sources import get_source
 
 LOCAL = "127.0.0.1"
@@ -102,6 +109,19 @@ def _machine_busy() -> float:
     return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
 
 
+#: ``--srtp``: set once by main before any leg starts.
+SRTP_ON: list[bool] = [False]
+_KEY_NEAR, _KEY_FAR = bytes(range(30)), bytes(range(100, 130))
+
+
+def srtp_for(near: bool) -> SrtpContext | None:
+    """A leg's SRTP context (None without ``--srtp``); near and far legs have mirrored keys."""
+    if not SRTP_ON[0]:
+        return None
+    mine, theirs = (_KEY_NEAR, _KEY_FAR) if near else (_KEY_FAR, _KEY_NEAR)
+    return SrtpContext(SdesKeys(SUITES["AES_CM_128_HMAC_SHA1_80"], mine, theirs, 1))
+
+
 async def open_legs(n: int, port_range: tuple[int, int]) -> tuple[MediaEngine, list[RtpSession]]:
     engine = MediaEngine(port_range, rand=random.Random(n))
     engine.start()
@@ -136,7 +156,7 @@ class FarEnd:
     def __init__(self, n: int, port_range: tuple[int, int], loop_kind: str) -> None:
         args = [sys.executable, os.path.abspath(__file__), "--serve-far-end", str(n)]
         args += ["--port-range", f"{port_range[0]}-{port_range[1]}"]
-        args += ["--loop", loop_kind]
+        args += ["--loop", loop_kind] + (["--srtp"] if SRTP_ON[0] else [])
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
     async def _line(self) -> Any:
@@ -171,7 +191,7 @@ async def serve_far_end(n: int, port_range: tuple[int, int]) -> None:
     print(json.dumps([s.local_port for s in legs]), flush=True)
     peers = json.loads(await loop.run_in_executor(None, sys.stdin.readline))
     for s, port in zip(legs, peers, strict=True):
-        s.start((LOCAL, port), (LOCAL, port + 1))
+        s.start((LOCAL, port), (LOCAL, port + 1), srtp=srtp_for(near=False))
     cpu0, wall0 = time.process_time(), time.monotonic()
     await loop.run_in_executor(None, sys.stdin.readline)  # "stop"
     cpu = 100 * (time.process_time() - cpu0) / (time.monotonic() - wall0)
@@ -195,13 +215,13 @@ async def run_one(
     if far is None:
         for i in range(0, n - 1, 2):
             a, b = legs[i], legs[i + 1]
-            a.start((LOCAL, b.local_port), (LOCAL, b.local_rtcp_port))
-            b.start((LOCAL, a.local_port), (LOCAL, a.local_rtcp_port))
+            a.start((LOCAL, b.local_port), (LOCAL, b.local_rtcp_port), srtp=srtp_for(near=True))
+            b.start((LOCAL, a.local_port), (LOCAL, a.local_rtcp_port), srtp=srtp_for(near=False))
     else:
         far_ports = await far.ports()
         far.start([s.local_port for s in legs])
         for s, port in zip(legs, far_ports, strict=True):
-            s.start((LOCAL, port), (LOCAL, port + 1))
+            s.start((LOCAL, port), (LOCAL, port + 1), srtp=srtp_for(near=True))
     await asyncio.sleep(1.0)  # warm-up: every stream in its slot
     engine.take_clock_stats()
     sent0 = sum(s.send_stats.packets_sent for s in legs)
@@ -264,12 +284,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="partner legs in this process (pairs) or each leg's partner in a child process",
     )
     p.add_argument("--serve-far-end", type=int, metavar="N", help=argparse.SUPPRESS)
+    p.add_argument("--srtp", action="store_true", help="SRTP/SRTCP on every leg (SDES-like)")
     p.add_argument("--output", help="write the markdown table to this file")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    SRTP_ON[0] = args.srtp
     low, high = (int(x) for x in args.port_range.split("-"))
     counts = [int(x) for x in args.streams.split(",")]
     runner: Callable[[Coroutine[Any, Any, Any]], Any] = asyncio.run
