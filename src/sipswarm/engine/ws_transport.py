@@ -10,8 +10,8 @@ an address without one connects on demand (``ws://`` or ``wss://``, the
 ``Host`` header and TLS server name being ``server_name`` or the address) and
 queues the message until the handshake is done. The engine names each server
 with :meth:`WsTransport.name_server` (the domain it resolved), so that the
-certificate is checked against the domain, as a browser does. Every message the server
-sends to us — responses, and requests to our registered Contact, which a
+certificate is checked against the domain, as a browser does. Every message
+the server sends to us — responses, and requests to our registered Contact, which a
 registrar routes over the connection the REGISTER came on — arrives on that
 connection and is reported with the remote ``(host, port)`` we dialled, so
 the stack's responses go back over the same connection (RFC 3261 §18.2.2;
@@ -33,8 +33,8 @@ forgotten (its queued messages are dropped and counted), so the next send
 reconnects; a registrar then knows us by the old connection until we
 REGISTER again, exactly as with a browser that reconnects.
 
-Via and Contact (RFC 7118 §5.1, §5.2 and the §8 examples): a client has no address a server
-could reach, so :attr:`WsTransport.local_address` is a random
+Via and Contact (RFC 7118 §5.1, §5.2 and the §8 examples): a client has no
+address a server could reach, so :attr:`WsTransport.local_address` is a random
 ``<token>.invalid`` host (given by the caller, so that randomness stays
 injected) with the scheme's default port (80 or 443); the stack puts it in
 Via sent-by and in Contact with ``;transport=ws``/``wss``. The server must
