@@ -45,7 +45,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from sipswarm.agent.assignment import CallSpec, EndpointSpec
-from sipswarm.engine import receiver
+from sipswarm.engine import receiver, registration
 from sipswarm.engine.call_media import CallMedia
 from sipswarm.engine.host import EndpointHost
 from sipswarm.engine.outcomes import (
@@ -480,39 +480,6 @@ class Endpoint:
             )
         )
 
-    # -- registration -------------------------------------------------------------------
-    def _registration_item(self, code: int | None, ms: float | None, expires: int | None) -> None:
-        rounded = None if ms is None else round(ms, 3)
-        item = self._item("registration", self.host.loop.time(), status_code=code)
-        self.host.emit(item | {"register_ms": rounded, "expires_granted_s": expires})
-
-    def _on_registered(self, ev: RegistrationSucceeded) -> None:
-        self._registration_item(ev.status_code, ev.register_ms, ev.expires_granted)
-        self.registered = True
-        if not ev.refresh and self.phase is Phase.INITIALIZING:
-            self._reachable(self._stack().contact_uri(self.key), self.host.loop.time())
-
-    def _on_registration_failed(self, ev: RegistrationFailed) -> None:
-        self._registration_item(ev.status_code, ev.register_ms, None)
-        reason = f"REGISTER failed: {ev.status_code} {ev.reason}".strip()
-        if ev.refresh and self.call is not None:
-            self.fail(Outcome.COMPLETED_WITH_WARNINGS, f"re-registration during the call: {reason}")
-            return
-        self.registered = False
-        self.fail(Outcome.REGISTRATION_FAILED, reason, ev.status_code)
-        if self.call is None or self.call.terminated:
-            self._teardown(self.host.loop.time())
-
-    def _on_unregistered(self, ev: Unregistered) -> None:
-        self._registration_item(ev.status_code, None, 0)
-        self.registered = False
-        if not 200 <= ev.status_code < 300:
-            self.fail(
-                Outcome.COMPLETED_WITH_WARNINGS,
-                f"unregister failed: {ev.status_code} {ev.reason}".strip(),
-            )
-        self._closed(self.host.loop.time())
-
     # -- stack input --------------------------------------------------------------------
     def on_sip_event(self, event: Event) -> None:
         """Runtime callback: dispatch by event type (one handler per kind)."""
@@ -553,7 +520,7 @@ class Endpoint:
         if self.closed:
             return
         self.cancelled = True
-        self.fail(Outcome.CANCELLED, f"cancelled: {reason}")
+        self.fail(Outcome.CANCELLED, reason)  # PROTOCOL.md: reason `orphaned`, verbatim
         if self.phase is None:
             self._closed(now)
         elif self.call is not None and not self.call.terminated:
@@ -610,9 +577,9 @@ class Endpoint:
 
 
 _HANDLERS: dict[type, Callable[[Endpoint, Any], None]] = {
-    RegistrationSucceeded: Endpoint._on_registered,
-    RegistrationFailed: Endpoint._on_registration_failed,
-    Unregistered: Endpoint._on_unregistered,
+    RegistrationSucceeded: registration.on_registered,
+    RegistrationFailed: registration.on_registration_failed,
+    Unregistered: registration.on_unregistered,
     IncomingCall: receiver.on_incoming,
     CallProgress: Endpoint._on_progress,
     CallAnswered: Endpoint._on_answered,
