@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -220,3 +222,84 @@ def test_drain_refuses_work_finishes_runs_flushes_and_exits_0(tmp_path: Path) ->
         assert not ctl.stream_state().unacked and ctl.close_codes[-1] == 1000
 
     run(scenario(), 60)
+
+
+def test_cancel_hangs_up_cancels_unregisters_and_closes_within_5_s(
+    tmp_path: Path, kamailio: Any, sipp_uas: Any
+) -> None:
+    """cancel: a call in progress gets BYE, a ringing one CANCEL, a registered endpoint
+    unregisters, all close CANCELLED within 5 s; one already closed keeps its outcome;
+    finished follows."""
+    ring = sipp_uas("ring")
+    host, port = kamailio.address("udp")
+    reg = {"domain": "127.0.0.1", "host": host, "port": port, "register": True}
+    ctl = RecordingHarness(heartbeat_interval_s=0.5)
+
+    def phases() -> set[tuple[str, str]]:
+        return {(p["endpoint_id"], p["phase"]) for p in ctl.items_of("phase")}
+
+    async def scenario() -> tuple[int, list[str]]:
+        await ctl.start()
+        try:
+            with agent_runner(tmp_path) as agents:
+                proc = agents.start(ctl)
+                await wait_connected(ctl, proc)
+                recv = endpoint(
+                    "r-cx/recv/0", "receiver", "1790", password="secret1790", registrar=reg,
+                    call={"duration_s": 60, "idle_timeout_s": 60},
+                )  # fmt: skip
+                lonely = endpoint(
+                    "r-cx/lonely/0", "receiver", "1791",
+                    call={"duration_s": 60, "idle_timeout_s": 1},
+                )  # fmt: skip
+                await ctl.send(assign("a-cx1", "r-cx", [recv, lonely]))
+                await ctl.wait_for(lambda: kamailio.contacts("1790"), timeout=10)
+                talk = endpoint(
+                    "r-cx/talk/0", "caller", "1792", password="secret1792",
+                    registrar={**reg, "register": False},
+                    call={"target": "sip:1790@127.0.0.1", "duration_s": 60},
+                )  # fmt: skip
+                ringing = endpoint(
+                    "r-cx/ring/0", "caller", "1793",
+                    call={"target": f"sip:ring@127.0.0.1:{ring.address[1]}",
+                          "duration_s": 60, "ring_timeout_s": 60},
+                )  # fmt: skip
+                await ctl.send(assign("a-cx2", "r-cx", [talk, ringing]))
+                want = {
+                    ("r-cx/talk/0", "INCALL"),
+                    ("r-cx/ring/0", "RINGING"),
+                    ("r-cx/lonely/0", "CLOSED"),
+                }
+                await ctl.wait_for(lambda: want <= phases(), timeout=15)
+                sent = int(time.time() * 1000)
+                await ctl.send({"type": "cancel", "run_id": "r-cx", "reason": "user"})
+                await ctl.wait_for(lambda: len(ctl.items_of("finished")) == 2, timeout=10)
+                contacts = kamailio.contacts("1790")
+        finally:
+            await ctl.stop()
+        return sent, contacts
+
+    sent, contacts = run(scenario(), 60)
+    assert contacts == [], f"still registered after cancel: {contacts}"
+    out = {o["endpoint_id"]: o for o in ctl.items_of("outcome")}
+    assert out["r-cx/lonely/0"]["outcome"] == "TIMEOUT", "an endpoint closed before keeps it"
+    for eid in ("r-cx/recv/0", "r-cx/talk/0", "r-cx/ring/0"):
+        assert out[eid]["outcome"] == "CANCELLED" and out[eid]["reason"] == "user", out[eid]
+        assert out[eid]["ts"] - sent <= 5000, f"{eid} closed {out[eid]['ts'] - sent} ms later"
+    calls = {c["endpoint_id"]: c for c in ctl.items_of("call")}
+    assert calls["r-cx/talk/0"]["bye_ts"] is not None and calls["r-cx/recv/0"]["bye_ts"]
+    assert calls["r-cx/ring/0"]["result"] == "cancelled", calls["r-cx/ring/0"]
+    sent_msgs = [t["message"] for t in ctl.items_of("trace") if t["dir"] == "out"]
+    assert any(m.startswith("CANCEL ") for m in sent_msgs)
+    assert any(m.startswith("BYE ") for m in sent_msgs)
+    unregister = re.compile(r"^Expires:\s*0\s*$|;expires=0\b", re.I | re.M)
+    unregs = [
+        t for t in ctl.items_of("trace")
+        if t["endpoint_id"] == "r-cx/recv/0" and t["dir"] == "out"
+        and t["message"].startswith("REGISTER ") and unregister.search(t["message"])
+    ]  # fmt: skip
+    assert unregs, "no REGISTER with expires 0 sent"
+    finished = ctl.items_of("finished")
+    assert sorted(f["endpoints"] for f in finished) == [2, 2]
+    last_outcome = max(o["ts"] for o in out.values())
+    assert all(f["ts"] >= last_outcome - 1 for f in finished)

@@ -486,7 +486,7 @@ class EndpointEngine:
         while run.endpoints and self.loop.time() < deadline:
             await asyncio.sleep(0.05)
         for endpoint in list(run.endpoints.values()):
-            endpoint.fail(Outcome.CANCELLED, f"cancelled: {reason}")
+            endpoint.fail(Outcome.CANCELLED, reason)
             endpoint.force_close(self.loop.time())
 
     async def wait_idle(self) -> None:
