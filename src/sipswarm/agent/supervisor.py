@@ -19,8 +19,9 @@ closes its assignment.
 
 Faults: when a session ends the orphan timer starts (``orphan_timeout_s``
 from the last welcome); if no welcome comes in time, every active run is
-cancelled with reason ``orphaned`` and its data kept for replay. A 401 at
-the upgrade sets status ERROR until the next welcome.
+cancelled with reason ``orphaned`` and its data kept for replay. Status
+ERROR (:meth:`Supervisor.refresh_status`): a 401 at the upgrade, until the
+next successful upgrade, or ``backend.problem()`` while it names one.
 
 Drain (``drain`` frame or SIGTERM): status DRAINING at once (a heartbeat
 says so), new work refused, wait for the backend to go idle, wait (bounded)
