@@ -245,8 +245,9 @@ def _pick(m: MediaDescription, supported: Sequence[Codec]) -> Codec | None:
 
 def _telephone_event(m: MediaDescription, clock_rate: int, *more: MediaDescription) -> int | None:
     """RFC 4733 §7.1: the telephone-event type at the audio codec's clock rate."""
+    maps = [s.rtpmaps() for s in (m, *more)]  # parsed once, not twice per payload type
     for pt in _payload_types(m):
-        rm = next((s.rtpmaps()[pt] for s in (m, *more) if pt in s.rtpmaps()), None)
+        rm = next((rtpmaps[pt] for rtpmaps in maps if pt in rtpmaps), None)
         if rm and rm.name.lower() == TELEPHONE_EVENT.name and rm.clock_rate == clock_rate:
             return pt
     return None
