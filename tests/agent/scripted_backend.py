@@ -54,6 +54,9 @@ class ScriptedBackend:
     def active_endpoints(self) -> int:
         return sum(len(p.spec.endpoints) for p in self._plays if not p.done)
 
+    def problem(self) -> str | None:
+        return None
+
     def phase_counts(self) -> dict[str, int]:
         return {"REGISTERED": self.active_endpoints()} if self.active_endpoints() else {}
 

@@ -185,3 +185,19 @@ def test_capacity_reserved_until_the_shard_confirms(
             await backend.close()
 
     run(scenario())
+
+
+def test_problem_only_when_every_live_shard_has_one(tmp_path: Path) -> None:
+    backend = ShardedBackend(config(tmp_path), lambda item: None, "unused:factory", 2)
+    for shard in backend._shards:
+        shard.alive = True
+        shard.ready.set()
+    backend._shards[0].status["problem"] = "no free RTP port pair in 30000-30499"
+    assert backend.problem() is None, "shard 1 can still run endpoints"
+    backend._shards[1].status["problem"] = "no free RTP port pair in 30500-30999"
+    assert backend.problem() == (
+        "shard 0: no free RTP port pair in 30000-30499; "
+        "shard 1: no free RTP port pair in 30500-30999"
+    )
+    backend._shards[1].status["problem"] = None
+    assert backend.problem() is None

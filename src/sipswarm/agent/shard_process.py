@@ -116,8 +116,9 @@ class ShardRunner:
         """What the supervisor's synchronous Backend methods answer from."""
         backend = self.backend
         if backend is None:
-            return {"free": 0, "active": 0, "phases": {}, "counters": {}}
+            return {"free": 0, "active": 0, "phases": {}, "counters": {}, "problem": None}
         return {
+            "problem": backend.problem(),
             "free": backend.free_endpoints(),
             "active": backend.active_endpoints(),
             "phases": backend.phase_counts(),

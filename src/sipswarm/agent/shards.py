@@ -269,8 +269,12 @@ class ShardedBackend:
         """ERROR detail: the shards failed to start, or none is alive (see Backend)."""
         if self._start_error is not None:
             return f"engine shards failed to start ({self._start_error}); see the worker log"
-        if not self._closing and not any(s.alive for s in self._shards):
+        live = [s for s in self._shards if s.alive]
+        if not self._closing and not live:
             return f"all {len(self._shards)} engine shard processes exited; see the worker log"
+        problems = [(s.index, s.status.get("problem")) for s in live if s.ready.is_set()]
+        if problems and all(p for _, p in problems):  # one healthy shard can still run
+            return "; ".join(f"shard {index}: {p}" for index, p in problems)
         return None
 
     def phase_counts(self) -> dict[str, int]:

@@ -158,7 +158,7 @@ class Supervisor:
         refused; back to ONLINE once neither holds. DRAINING stays. Returns the status."""
         if self.status is WorkerStatus.DRAINING:
             return self.status
-        problem = getattr(self.backend, "problem", lambda: None)()
+        problem = self.backend.problem()
         if self._token_refused:
             return self.status
         if problem is not None:
