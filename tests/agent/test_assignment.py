@@ -117,12 +117,56 @@ def test_every_problem_is_listed_with_path_fix_and_endpoint() -> None:
         "endpoints[4].actions[0].digits must be 1-64 of 0-9 * # A-D for dtmf, got 'x'",
         "endpoints[4].actions[0].at_s 40.0 comes after the call ends (call.duration_s 30.0)",
         "endpoints[4].actions[1].at_s or on: exactly one of them must be set",
-        "endpoints[4].actions[1].do 'hold' needs re-INVITE, which this worker does not send",
         "settings.trace must be 'all', 'failures' or 'none', got \"verbose\"",
     ]
     for line in expected:
         assert any(p.startswith(line) for p in problems), (line, problems)
     assert len(problems) == len(expected)
+
+
+def test_hold_resume_hangup_and_on_triggers_are_accepted() -> None:
+    raw = assign(1)
+    raw["endpoints"][0]["actions"] = [
+        {"at_s": 1, "do": "hold"},
+        {"at_s": 2.5, "do": "resume"},
+        {"on": "hold_received", "do": "dtmf", "digits": "9"},
+        {"on": "resume_received", "do": "hold"},
+        {"on": "dtmf_received", "match_digits": "12#", "do": "hangup"},
+        {"on": "dtmf_received", "do": "dtmf", "digits": "0"},
+    ]
+    spec, problems = validate_assignment(raw, held_media=set())
+    assert problems == [] and spec is not None
+    acts = spec.endpoints[0].actions
+    assert [a.do.value for a in acts] == ["hold", "resume", "dtmf", "hold", "hangup", "dtmf"]
+    assert acts[4].match_digits == "12#" and acts[4].on is not None and acts[4].at_s is None
+
+
+def test_unknown_or_misused_actions_are_refused_listing_what_runs() -> None:
+    raw = assign(2)
+    raw["endpoints"][0]["actions"] = [
+        {"at_s": 1, "do": "transfer"},
+        {"on": "answered", "do": "hold"},
+    ]
+    raw["endpoints"][1]["actions"] = [
+        {"on": "dtmf_received", "do": "hangup", "digits": "5"},
+        {"at_s": 1, "do": "hangup", "match_digits": "5"},
+        {"on": "dtmf_received", "do": "hangup", "match_digits": "x"},
+    ]
+    spec, problems = validate_assignment(raw, held_media=set())
+    assert spec is None
+    first, second = " (endpoint r-7/callers/0)", " (endpoint r-7/callers/1)"
+    assert problems == [
+        "endpoints[0].actions[0].do must be 'hold', 'resume', 'dtmf' or 'hangup', got"
+        ' "transfer"' + first,
+        "endpoints[0].actions[1].on must be 'dtmf_received', 'hold_received' or"
+        " 'resume_received', got \"answered\"" + first,
+        "endpoints[1].actions[0].digits is what a dtmf action plays; do 'hangup' plays none"
+        " (to fire on received digits use match_digits with on: dtmf_received)" + second,
+        "endpoints[1].actions[1].match_digits must be 1-64 of 0-9 * # A-D and needs on:"
+        " dtmf_received, got '5'" + second,
+        "endpoints[1].actions[2].match_digits must be 1-64 of 0-9 * # A-D and needs on:"
+        " dtmf_received, got 'x'" + second,
+    ]
 
 
 def test_file_source_must_be_held() -> None:

@@ -109,6 +109,8 @@ class ActionSpec:
     at_s: float | None
     on: ActionTrigger | None
     digits: str | None
+    match_digits: str | None = None
+    """``on: dtmf_received`` only: fire when the digits received end with these (upper case)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,6 +317,18 @@ def _action_problems(action: Action, ep: AssignEndpoint) -> list[str]:
         out.append("at_s or on: exactly one of them must be set")
     if action.do is ActionKind.DTMF and not (action.digits and _DTMF_DIGITS.match(action.digits)):
         out.append(f"digits must be 1-64 of 0-9 * # A-D for dtmf, got {action.digits!r}")
+    if action.do is not ActionKind.DTMF and action.digits is not None:
+        out.append(
+            f"digits is what a dtmf action plays; do {action.do.value!r} plays none"
+            " (to fire on received digits use match_digits with on: dtmf_received)"
+        )
+    if action.match_digits is not None and (
+        action.on is not ActionTrigger.DTMF_RECEIVED or not _DTMF_DIGITS.match(action.match_digits)
+    ):
+        out.append(
+            "match_digits must be 1-64 of 0-9 * # A-D and needs on: dtmf_received"
+            f", got {action.match_digits!r}"
+        )
     if action.at_s is not None and ep.call is not None and action.at_s >= ep.call.duration_s:
         out.append(
             f"at_s {action.at_s} comes after the call ends (call.duration_s {ep.call.duration_s})"
@@ -327,16 +341,8 @@ def _check_supported(ep: AssignEndpoint, held: Collection[str]) -> list[str]:
     out = []
     if ep.media.srtp is SrtpMode.DTLS:  # needs a DTLS handshake (and usually ICE)
         out.append("media.srtp 'dtls' is not supported by this worker; use 'off' or 'sdes'")
-    for i, action in enumerate(ep.actions):
-        if action.do in (ActionKind.HOLD, ActionKind.RESUME):
-            out.append(
-                f"actions[{i}].do {action.do.value!r} needs re-INVITE, which this worker "
-                "does not send yet; remove the action"
-            )
-        elif action.on is not None:
-            out.append(
-                f"actions[{i}].on {action.on.value!r} is not supported by this worker yet; use at_s"
-            )
+    # every ActionKind and ActionTrigger runs (engine/actions.py); other values are
+    # refused by the wire model, which lists the accepted ones
     return out
 
 
@@ -355,6 +361,10 @@ def _frequency(src: MediaSource) -> float | None:
     if src.kind is SourceKind.TONE and src.frequency_hz is None:
         return DEFAULT_TONE_HZ
     return src.frequency_hz
+
+
+def _upper(digits: str | None) -> str | None:
+    return None if digits is None else digits.upper()
 
 
 def _to_spec(ep: AssignEndpoint) -> EndpointSpec:
@@ -386,5 +396,7 @@ def _to_spec(ep: AssignEndpoint) -> EndpointSpec:
             srtp=m.srtp,
             dscp=m.dscp,
         ),
-        actions=tuple(ActionSpec(x.do, x.at_s, x.on, x.digits) for x in ep.actions),
+        actions=tuple(
+            ActionSpec(x.do, x.at_s, x.on, x.digits, _upper(x.match_digits)) for x in ep.actions
+        ),
     )

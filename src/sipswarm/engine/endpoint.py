@@ -33,6 +33,9 @@ receiver (``sipswarm answer``) never takes a call itself: each INVITE is
 adopted by a child endpoint made by the host, so every call still has its
 own forward-only phases.
 
+During a call, ``actions`` (at_s timers, ``on`` triggers, hold and resume by
+re-INVITE, the peer's re-INVITEs) are :mod:`sipswarm.engine.actions`.
+
 Outcome: the worst of everything that happened (:class:`~.outcomes.OutcomeState`);
 the mapping from the wire is in :mod:`sipswarm.engine.outcomes`.
 """
@@ -40,12 +43,14 @@ the mapping from the wire is in :mod:`sipswarm.engine.outcomes`.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Callable, Coroutine
 from functools import partial
 from typing import Any, TypeVar
 
 from sipswarm.agent.assignment import CallSpec, EndpointSpec
-from sipswarm.engine import receiver, registration
+from sipswarm.engine import actions, receiver, registration
+from sipswarm.engine.actions import CallActions
 from sipswarm.engine.call_media import CallMedia
 from sipswarm.engine.host import EndpointHost
 from sipswarm.engine.outcomes import (
@@ -77,7 +82,7 @@ from sipswarm.media.sdp import (
     build_offer,
     parse_sdp,
 )
-from sipswarm.protocol import ActionKind, Outcome, Phase, Role, TraceMode
+from sipswarm.protocol import Outcome, Phase, Role, TraceMode
 from sipswarm.sip.call import Call
 from sipswarm.sip.config import Account
 from sipswarm.sip.events import (
@@ -89,8 +94,11 @@ from sipswarm.sip.events import (
     CallTeardownFailed,
     Event,
     IncomingCall,
+    IncomingReInvite,
     RegistrationFailed,
     RegistrationSucceeded,
+    ReInviteAccepted,
+    ReInviteFailed,
     TraceRecord,
     Unregistered,
 )
@@ -158,6 +166,8 @@ class Endpoint:
         self._timers: dict[str, ScheduledCall] = {}
         self._task: asyncio.Task[None] | None = None
         self._traces = FailureTrace()  # trace: failures (first 50, last 150)
+        self.call_actions = CallActions()  # hold state of the current call (engine/actions.py)
+        self.action_counts: Counter[str] = Counter()  # holds sent/received ..., for counters()
         self.on_closed: Callable[[Endpoint], None] | None = None
 
     @property
@@ -224,6 +234,7 @@ class Endpoint:
         self.runtime = runtime
         runtime.attach(self.key, self)
         stack = self._stack()
+        stack.take_reinvites(self.key)  # answered by engine/actions.py (hold/resume)
         if self.trace is not TraceMode.NONE:
             stack.set_trace(self.key)
         now = host.loop.time()
@@ -345,17 +356,6 @@ class Endpoint:
         if warning is not None:
             self.fail(Outcome.COMPLETED_WITH_WARNINGS, warning)
 
-    def _schedule_actions(self) -> None:
-        """``actions`` with ``at_s`` run that long after the call is up (INCALL)."""
-        for i, action in enumerate(self.spec.actions):
-            if action.do is ActionKind.DTMF and action.at_s is not None and action.digits:
-                self._timer(f"action{i}", action.at_s, partial(self._dtmf, action.digits))
-
-    def _dtmf(self, digits: str, now: float) -> None:
-        warning = self.media.send_dtmf(digits)
-        if warning is not None:
-            self.fail(Outcome.COMPLETED_WITH_WARNINGS, warning)
-
     # -- caller -------------------------------------------------------------------------
     async def _place_call(self) -> None:
         host = self.host
@@ -410,7 +410,7 @@ class Endpoint:
         self._advance(Phase.INCALL, now)  # a receiver's later calls stay INCALL
         if self.spec.call is not None:  # without call settings the far end hangs up
             self._timer("duration", self.call_spec.duration_s, self._hang_up)
-        self._schedule_actions()
+        actions.start(self, now)  # at_s timers, on triggers (engine/actions.py)
         if self.cancelled:
             self._hang_up(now)
 
@@ -418,6 +418,7 @@ class Endpoint:
     def take_call(self, ev: IncomingCall, now: float) -> None:
         """Engine: this child endpoint takes ``ev``, its only call (``sipswarm answer``)."""
         self.adopted = True
+        self._stack().take_reinvites(self.key)
         receiver.take_call(self, ev, now)
 
     # -- call end -----------------------------------------------------------------------
@@ -587,4 +588,7 @@ _HANDLERS: dict[type, Callable[[Endpoint, Any], None]] = {
     CallFailed: Endpoint._on_call_failed,
     CallEnded: Endpoint._on_call_ended,
     CallTeardownFailed: Endpoint._on_teardown_failed,
+    IncomingReInvite: actions.on_incoming_reinvite,
+    ReInviteAccepted: actions.on_reinvite_accepted,
+    ReInviteFailed: actions.on_reinvite_failed,
 }

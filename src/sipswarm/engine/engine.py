@@ -321,6 +321,8 @@ class EndpointEngine:
             run.endpoints.pop(endpoint.endpoint_id, None)
         self._starts.pop(endpoint.key, None)
         self._active -= 1
+        for name, count in endpoint.action_counts.items():  # docs/protocol.md "Actions"
+            self._counters[f"actions_{name}_total"] += count
         if self._active == 0:
             self._idle.set()
         entry = self._assignment_of.pop(endpoint.key, None)

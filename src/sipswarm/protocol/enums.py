@@ -165,6 +165,7 @@ class ActionKind(enum.StrEnum):
     HOLD = "hold"
     RESUME = "resume"
     DTMF = "dtmf"
+    HANGUP = "hangup"  # worker extension (docs/protocol.md "Actions")
 
 
 class ActionTrigger(enum.StrEnum):

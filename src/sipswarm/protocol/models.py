@@ -366,6 +366,8 @@ class Action(_Wire):
     on: ActionTrigger | None = None
     do: ActionKind
     digits: str | None = None
+    match_digits: str | None = None
+    """Worker extension: with ``on: dtmf_received``, the digits that fire the action."""
 
 
 class AssignEndpoint(_Wire):
