@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
+
+from tests.peers.pjsua import pjsua_available, start_pjsua
 
 from .engine_harness import Collector, assignment, check_items, endpoint, make_engine
 
@@ -119,3 +122,42 @@ def test_hold_received_trigger_hangs_up_from_the_held_side() -> None:
     [call] = items.of("call", "h2/rx")
     assert 300 <= call["duration_ms"] < 3000, call
     assert _traced(items, "h2/rx", "out", "BYE "), "the held receiver sent the BYE"
+
+
+@pytest.mark.peers
+@pytest.mark.skipif(not pjsua_available(), reason="pjsua2 not installed")
+@pytest.mark.parametrize("srtp", ["off", "sdes"])
+def test_pjsua_answers_hold_recvonly_and_stops_sending(tmp_path: Path, srtp: str) -> None:
+    peer = start_pjsua(tmp_path, "answer", "--calls", "1", *(["--srtp"] if srtp == "sdes" else []))
+    try:
+        host, port = peer.sip_address
+
+        async def main() -> Collector:
+            items = Collector()
+            engine = make_engine(items)
+            try:
+                tx = endpoint("h4/tx", "caller", target=f"sip:pjsua@{host}:{port}", duration_s=3)
+                tx["media"]["srtp"] = srtp
+                tx["actions"] = [{"at_s": 0.5, "do": "hold"}, {"at_s": 1.8, "do": "resume"}]
+                await engine.start_assignment(assignment("h4", tx))
+                await asyncio.wait_for(engine.wait_idle(), 20)
+            finally:
+                await engine.close()
+            return items
+
+        items = asyncio.run(main())
+        events = peer.wait_done(15)
+    finally:
+        peer.stop()
+    check_items(items.items)
+    assert items.outcome("h4/tx")["outcome"] == "SUCCESS", items.outcome("h4/tx")
+    answers = [m for m in _traced(items, "h4/tx", "in", "SIP/2.0 200") if "v=0" in m]
+    hold_ok = [m for m in answers if "CSeq: 2 INVITE" in m]
+    assert hold_ok and "a=recvonly" in hold_ok[0], answers  # RFC 3264 6.1
+    samples = _received(items, "h4/tx")
+    held = [n for t, n in samples if 0.9 < t < 1.75]
+    after = [n for t, n in samples if t > 2.1]
+    assert held and after and max(held) - min(held) <= 2, samples
+    assert max(after) > max(held) + 5, samples
+    [end] = [e for e in events if e["event"] == "call_end"]
+    assert end["connected"] and end["rtp_rx_loss"] == 0, end
