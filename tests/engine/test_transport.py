@@ -316,7 +316,8 @@ def test_timer_slot_keeps_one_handle_and_passes_now(run: Runner) -> None:
         slot.arm(start + 0.02)  # earlier deadline replaces the first
         assert slot.deadline == start + 0.02
         await asyncio.sleep(0.1)
-        assert len(fired) == 1 and fired[0] >= start + 0.02 and slot.deadline is None
+        # uvloop's timers have 1 ms resolution and may fire up to 1 ms early
+        assert len(fired) == 1 and fired[0] >= start + 0.02 - 0.001 and slot.deadline is None
         slot.arm(loop.time() + 0.01)
         slot.cancel()
         await asyncio.sleep(0.05)
