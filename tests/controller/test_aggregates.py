@@ -91,3 +91,22 @@ def test_empty_run_has_no_ratios() -> None:
 def test_receiver_only_plan_counts_incoming() -> None:
     agg = compute([c for c in CALLS if c.direction == "in"], [], [], []).overall
     assert agg.calls_attempted == 3 and agg.asr == 1.0
+
+
+def test_unregister_on_close_is_not_a_registration() -> None:
+    # Every registered endpoint sends REGISTER Expires: 0 when it closes; the worker
+    # reports it as a registration item with expires_granted_s 0. Counting it as a
+    # registration doubled `registrations.attempted` and hid failures in the ratio:
+    # 1 of 2 registrations failing read as 2 of 3 (0.67) instead of 1 of 2 (0.5).
+    regs = [
+        RegistrationRecord("r", 200, 40.0, 300),
+        RegistrationRecord("r", 403, None, None),
+        RegistrationRecord("r", 200, None, 0),  # the unregister of the first
+        RegistrationRecord("r", 500, None, 0),  # an unregister that failed
+    ]
+    values = flatten(compute([], [], [], regs).overall)
+    assert values["registrations.attempted"] == 2 and values["registrations.succeeded"] == 1
+    assert values["registrations.ratio"] == 0.5
+    assert values["unregistrations.attempted"] == 2
+    assert values["unregistrations.succeeded"] == 1
+    assert values["register.p50"] == 40.0

@@ -86,3 +86,26 @@ def test_histogram() -> None:
     bins = histogram([0, 10, 10, 20], bins=2)
     assert bins == [{"from": 0.0, "to": 10.0, "count": 1}, {"from": 10.0, "to": 20.0, "count": 3}]
     assert histogram([]) == []
+
+
+def test_run_rejects_a_cli_threshold_on_a_group_not_in_the_plan(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # it could never have data, so it would only fail after the whole run: exit 2 up front
+    plan = str(Path(__file__).resolve().parents[2] / "examples" / "quickstart.yaml")
+    code = main(["run", plan, "--threshold", "mos.p5{group=caller} >= 4"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "no group 'caller' in the plan (groups: receivers, callers)" in err
+
+
+def test_panel_heading_and_calls_in_progress_at_terminal_width() -> None:
+    from rich.console import Console
+
+    console = Console(file=io.StringIO(), width=100, color_system=None)
+    console.print(render({**SNAP, "phases": {"CLOSED": 20}, "calls_active": 3}))
+    lines = console.file.getvalue().splitlines()  # type: ignore[attr-defined]
+    # the heading used to be the table's title, wrapped to one narrow column
+    assert any(line.strip("│ ") == "endpoints by phase" for line in lines), lines
+    assert any("9 answered of 10 ended · 3 in progress" in line for line in lines)
+    assert plain_line({**SNAP, "calls_active": 3}).count("calls 9/10 (+3 in progress)") == 1

@@ -201,9 +201,9 @@ def test_csv_accounts_errors(tmp_path: Path) -> None:
         )
 
 
-def _wav(samples: int = 80) -> bytes:
+def _wav(samples: int = 80, channels: int = 1, bits: int = 16) -> bytes:
     data = b"\x00\x00" * samples
-    fmt = struct.pack("<HHIIHH", 1, 1, 8000, 16000, 2, 16)
+    fmt = struct.pack("<HHIIHH", 1, channels, 8000, 16000, 2, bits)
     return (
         b"RIFF"
         + struct.pack("<I", 36 + len(data))
@@ -227,5 +227,104 @@ def test_file_source_is_hashed(tmp_path: Path) -> None:
     assert src["kind"] == "file" and len(src["sha256"]) == 64
     assert plan.media_files[src["sha256"]].name == "a.wav"
     (tmp_path / "b.wav").write_bytes(b"not a wav")
-    with pytest.raises(PlanError, match=r"media.source.path \(line 1\): .* must be a WAV"):
+    with pytest.raises(PlanError, match=r"media.source.path \(line 1\): .* not a WAV file"):
         load_plan(text.replace("a.wav", "b.wav"), base_dir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("channels", "bits", "message"),
+    [(2, 16, "WAV has 2 channels, need mono"), (1, 8, "WAV has 8-bit samples, need 16-bit")],
+)
+def test_wav_that_workers_refuse_is_a_plan_error(
+    tmp_path: Path, channels: int, bits: int, message: str
+) -> None:
+    # a RIFF/WAVE header is not enough: workers refuse stereo or 8-bit files, which
+    # used to fail the run after the receivers had started
+    (tmp_path / "s.wav").write_bytes(_wav(channels=channels, bits=bits))
+    text = (
+        "groups: [{name: r, size: 1, role: receiver, accounts: {user: '1'},"
+        " media: {source: {kind: file, path: s.wav}}}]"
+    )
+    (issue,) = _plan_issues(text, tmp_path)
+    assert issue.startswith("groups[0].media.source.path (line 1): media file")
+    assert message in issue
+
+
+def _plan_issues(text: str, base: Path | None = None) -> list[str]:
+    with pytest.raises(PlanError) as exc:
+        load_plan(text, base_dir=base)
+    return [str(i) for i in exc.value.issues]
+
+
+CALLER = GOOD.replace(
+    "media: {codecs: [PCMA], source: {kind: silence}}",
+    "media: {codecs: [PCMA], source: {kind: silence}}\n    actions: ACTIONS",
+)
+
+
+def test_actions_checked_as_workers_check_them() -> None:
+    bad = CALLER.replace(
+        "ACTIONS",
+        '[{at_s: 5, do: hold}, {at_s: 1, do: dtmf}, {at_s: 2, do: hold, digits: "1"}]',
+    )
+    issues = _plan_issues(bad)
+    assert issues == [
+        "groups[1].actions[0].at_s (line 24): at_s 5 is not within the call"
+        " (call.duration_s 5); make it smaller or the call longer",
+        'groups[1].actions[1] (line 24): do: dtmf needs `digits` to play, e.g. digits: "12#"',
+        "groups[1].actions[2].digits (line 24): do: hold plays no digits; remove `digits`"
+        " (to fire on received digits use match_digits with on: dtmf_received)",
+    ]
+
+
+def test_match_digits_and_hangup_actions_load() -> None:
+    good = CALLER.replace(
+        "ACTIONS",
+        '[{on: dtmf_received, match_digits: "9", do: hangup}, {at_s: 1, do: resume}]',
+    )
+    actions = load_plan(good).groups[1].actions
+    assert actions[0] == {"on": "dtmf_received", "match_digits": "9", "do": "hangup"}
+    bad = CALLER.replace("ACTIONS", '[{on: hold_received, match_digits: "9", do: hangup}]')
+    (issue,) = _plan_issues(bad)
+    assert "match_digits needs on: dtmf_received" in issue
+
+
+def test_codecs_and_srtp_workers_refuse() -> None:
+    bad = GOOD.replace("codecs: [PCMA]", "codecs: [telephone-event], srtp: dtls")
+    issues = _plan_issues(bad)
+    assert issues == [
+        "groups[1].media.codecs (line 23): list at least one audio codec (PCMU, PCMA, ...)",
+        "groups[1].media.srtp (line 23): dtls is not supported by sipswarm workers yet;"
+        " use sdes (or off)",
+    ]
+    (dup,) = _plan_issues(GOOD.replace("codecs: [PCMA]", "codecs: [PCMA, PCMA]"))
+    assert "a codec is listed twice" in dup
+
+
+def test_threshold_on_a_group_not_in_the_plan() -> None:
+    (issue,) = _plan_issues(GOOD.replace("{group=callers}", "{group=caller}"))
+    assert issue == (
+        "thresholds[1] (line 25): threshold 'pdd.p95{group=caller} < 3000': no group"
+        " 'caller' in the plan (groups: receivers, callers)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "path", "guess"),
+    [
+        ('password: "pw-{n}"', 'pasword: "pw-{n}"', "groups[1].accounts.pasword", "password"),
+        ("call: {duration_s: 5,", "call: {duraton_s: 5,", "groups[1].call.duraton_s", "duration_s"),
+        ("codecs: [PCMA]", "codec: [PCMA]", "groups[1].media.codec", "codecs"),
+        ("thresholds:", "threshold:", "threshold", "thresholds"),
+        ("transport: tcp", "transprot: tcp", "registrars.pbx.transprot", "transport"),
+        (
+            "source: {kind: silence}",
+            "source: {kind: tone, frequency: 5}",
+            "source.frequency",
+            "frequency_hz",
+        ),
+    ],
+)
+def test_unknown_field_suggests_the_closest_name(old: str, new: str, path: str, guess: str) -> None:
+    issues = _plan_issues(GOOD.replace(old, new))
+    assert any(path in i and f"did you mean `{guess}`?" in i for i in issues), issues

@@ -189,3 +189,21 @@ def test_series_and_timeline() -> None:
     assert [e.status for e in db.timeline(RUN)] == [RunStatus.PENDING, RunStatus.FAILED]
     assert db.run(RUN)["status"] == "FAILED"  # type: ignore[index]
     assert db.interrupted_runs() == []
+
+
+def test_live_figures_show_callers_in_a_call_before_their_call_item() -> None:
+    # call items come when a call ends: without this the live view read
+    # "0 answered / 0 attempted" for the whole call while every endpoint was INCALL
+    db = Storage()
+    rows = [
+        ("r-1/tx/0", "tx", "caller", 0, "1", "sip:x"),
+        ("r-1/rx/0", "rx", "receiver", 0, "2", None),
+    ]
+    db.add_assignment("a", RUN, "w", rows, 1)
+    items = _items(
+        {"kind": "phase", "run_id": RUN, "endpoint_id": "r-1/tx/0", "ts": 5, "phase": "INCALL"},
+        {"kind": "phase", "run_id": RUN, "endpoint_id": "r-1/rx/0", "ts": 5, "phase": "INCALL"},
+    )
+    db.store_data("s", "w", 1, items)
+    live = db.live_figures(RUN)
+    assert live["calls_active"] == 1 and live["calls_attempted"] == 0

@@ -40,7 +40,7 @@ import uvloop
 
 from sipswarm.commands.controller import parse_hostport
 from sipswarm.controller.hub import load_tokens
-from sipswarm.controller.plan import Plan, load_plan_file
+from sipswarm.controller.plan import Plan, check_threshold_group, load_plan_file
 from sipswarm.controller.runner import EXIT_NOT_COMPLETED, RunOptions, run_plan
 from sipswarm.controller.server import Controller, ControllerConfig
 from sipswarm.controller.thresholds import parse_thresholds
@@ -104,7 +104,8 @@ class RunSetup:
 def prepare(args: argparse.Namespace) -> RunSetup:
     """Check everything before anything starts; ConfigError names the bad input."""
     plan = load_plan_file(args.plan)
-    parse_thresholds(args.threshold)
+    for threshold in parse_thresholds(args.threshold):
+        check_threshold_group(threshold, [g.name for g in plan.groups])
     if args.workers < 0:
         raise ConfigError(f"--workers must be 0 or more, got {args.workers}")
     if args.shards is not None and args.shards < 1:

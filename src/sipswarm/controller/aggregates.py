@@ -20,6 +20,10 @@ Definitions:
   MOS p5 is the 5th percentile (the bad tail).
 - loss: packets lost / (lost + received), from each endpoint's last
   cumulative counters (a lost or repeated sample cannot skew it).
+- registrations: REGISTER outcomes that add a binding (initial and
+  refreshes); the REGISTER with Expires 0 sent on close is an
+  unregistration (``expires_granted_s`` 0) and counted apart, so that
+  ``registrations.ratio`` is not lifted by the goodbyes of a run.
 """
 
 from __future__ import annotations
@@ -71,6 +75,8 @@ METRIC_NAMES = (
     "registrations.attempted",
     "registrations.succeeded",
     "registrations.ratio",
+    "unregistrations.attempted",
+    "unregistrations.succeeded",
     "register.p50",
     "register.p95",
     "register.p99",
@@ -114,6 +120,7 @@ class RegistrationRecord:
     group: str
     status_code: int | None
     register_ms: float | None
+    expires_granted_s: int | None = None  # 0: the unregister on close
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +174,8 @@ class Aggregates:
     loss: float | None = None
     registrations_attempted: int = 0
     registrations_succeeded: int = 0
+    unregistrations_attempted: int = 0
+    unregistrations_succeeded: int = 0
     register: Percentiles = field(default_factory=Percentiles)
     outcomes: dict[str, int] = field(default_factory=dict)
     final_codes: dict[str, int] = field(default_factory=dict)
@@ -182,6 +191,10 @@ class RunAggregates:
 
 def _ratio(num: int, den: int) -> float | None:
     return num / den if den else None
+
+
+def _ok(code: int | None) -> bool:
+    return code is not None and 200 <= code < 300
 
 
 def _present(values: Iterable[float | None]) -> list[float]:
@@ -210,7 +223,9 @@ def aggregate(
     """Aggregates of already-filtered records (one group, or the overall view)."""
     answered = [c for c in calls if c.final_code is not None and 200 <= c.final_code < 300]
     ner_ok = len(answered) + sum(1 for c in calls if c.final_code in NER_CODES)
-    reg_ok = [r for r in registrations if r.status_code is not None and 200 <= r.status_code < 300]
+    regs = [r for r in registrations if r.expires_granted_s != 0]
+    unregs = [r for r in registrations if r.expires_granted_s == 0]
+    reg_ok = [r for r in regs if _ok(r.status_code)]
     return Aggregates(
         calls_attempted=len(calls),
         calls_answered=len(answered),
@@ -223,8 +238,10 @@ def aggregate(
         jitter=Spread.of(_present(s.jitter_ms for s in samples)),
         rtt=Spread.of(_present(s.rtt_ms for s in samples)),
         loss=_loss(samples),
-        registrations_attempted=len(registrations),
+        registrations_attempted=len(regs),
         registrations_succeeded=len(reg_ok),
+        unregistrations_attempted=len(unregs),
+        unregistrations_succeeded=sum(1 for r in unregs if _ok(r.status_code)),
         register=Percentiles.of(_present(r.register_ms for r in reg_ok)),
         outcomes=dict(Counter(o.outcome for o in outcomes)),
         final_codes={
@@ -273,6 +290,8 @@ def flatten(agg: Aggregates) -> dict[str, float | None]:
         "registrations.attempted": agg.registrations_attempted,
         "registrations.succeeded": agg.registrations_succeeded,
         "registrations.ratio": _ratio(agg.registrations_succeeded, agg.registrations_attempted),
+        "unregistrations.attempted": agg.unregistrations_attempted,
+        "unregistrations.succeeded": agg.unregistrations_succeeded,
         "endpoints": agg.endpoints,
     }
     for name, pct in (("pdd", agg.pdd), ("setup", agg.setup), ("ttfm", agg.ttfm)):

@@ -39,32 +39,40 @@ def _num(v: float | None, fmt: str = ".2f") -> str:
 def plain_line(s: Snapshot) -> str:
     """One line of progress, for logs and non-TTY output."""
     phases = " ".join(f"{p}={s['phases'][p]}" for p in PHASES if s["phases"].get(p))
+    active = s.get("calls_active", 0)
+    in_progress = f" (+{active} in progress)" if active else ""
     return (
         f"[{s['elapsed_s']:6.1f}s] {s['status']:<9} endpoints {s['endpoints']} ({phases}) "
-        f"calls {s['calls_answered']}/{s['calls_attempted']} ASR {_pct(s['asr'])} "
+        f"calls {s['calls_answered']}/{s['calls_attempted']}{in_progress} ASR {_pct(s['asr'])} "
         f"MOS {_num(s['mos_mean'])} workers {len(s['workers'])}"
     )
+
+
+def _calls(s: Snapshot) -> str:
+    """Ended calls (a call is counted when it ends) and the callers' calls under way."""
+    text = f"{s['calls_answered']} answered of {s['calls_attempted']} ended"
+    active = s.get("calls_active", 0)
+    return f"{text} · {active} in progress" if active else text
 
 
 def render(s: Snapshot) -> Panel:
     """The rich panel for one snapshot."""
     head = Table.grid(padding=(0, 2))
     head.add_row("status", f"[bold]{s['status']}[/bold]", "elapsed", f"{s['elapsed_s']:.1f} s")
-    head.add_row(
-        "calls",
-        f"{s['calls_answered']} answered / {s['calls_attempted']} attempted",
-        "ASR",
-        _pct(s["asr"]),
-    )
+    head.add_row("calls", _calls(s), "ASR", _pct(s["asr"]))
     head.add_row("MOS mean", _num(s["mos_mean"]), "MOS min", _num(s["mos_min"]))
-    phases = Table(title="endpoints by phase", show_edge=False)
+    # The heading is a line of its own: as a table title it was wrapped to the width
+    # of the table's columns ("endpoint / s by / phase" over a single CLOSED column).
+    phases = Table(show_edge=False, pad_edge=False)
     present = [p for p in PHASES if s["phases"].get(p)]
     for p in present:
         phases.add_column(p, justify="right")
     phases.add_row(*(str(s["phases"][p]) for p in present))
     workers = ", ".join(f"{w} {st}" for w, st in s["workers"].items()) or "none yet"
     outcomes = ", ".join(f"{k} {v}" for k, v in sorted(s["outcomes"].items())) or "none yet"
-    body = Group(head, phases, f"outcomes: {outcomes}", f"workers: {workers}")
+    body = Group(
+        head, "", "endpoints by phase", phases, "", f"outcomes: {outcomes}", f"workers: {workers}"
+    )
     title = f"sipswarm run {s['run_id']} · {s['name']} · {s['endpoints']} endpoints"
     return Panel(body, title=title, subtitle=s["reason"] or None)
 

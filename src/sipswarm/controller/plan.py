@@ -11,6 +11,7 @@ then hand the :class:`Plan` to the run manager.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from sipswarm.controller.thresholds import Threshold, parse_threshold
 from sipswarm.controller.yamlpos import Path as DataPath
 from sipswarm.controller.yamlpos import format_path, line_of, load_with_lines
 from sipswarm.errors import ConfigError
+from sipswarm.media.sources import parse_wav
 
 # Groups without a registrar call each other directly; their From domain is this.
 DIRECT_DOMAIN = "localhost"
@@ -171,10 +173,64 @@ def _issue_from(err: Any, data: Any, lines: dict[DataPath, int]) -> PlanIssue:
             path.append(part)
     message = err["msg"]
     if err["type"] == "extra_forbidden":
-        message = "unknown field (see docs/plan.md for the fields of this section)"
+        message = _unknown_field(loc, path)
     elif err["type"] != "missing" and "input" in err and not isinstance(err["input"], dict):
         message = f"{message}, got {err['input']!r}"
     return PlanIssue(tuple(path), line_of(lines, tuple(path)), message)
+
+
+def _unknown_field(loc: tuple[Any, ...], path: list[str | int]) -> str:
+    """'unknown field', with the closest known field name of that section when one is near."""
+    known = _section_fields(loc[:-1])
+    guess = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
+    hint = f"did you mean `{guess[0]}`? " if guess else ""
+    return f"unknown field; {hint}see docs/plan.md for the fields of this section"
+
+
+def _section_fields(loc: tuple[Any, ...]) -> list[str]:
+    """Field names (aliases) of the model at pydantic location ``loc`` (tags included)."""
+    model: Any = schema.PlanModel
+    for part in loc:
+        if isinstance(part, int) or model is None:
+            continue
+        field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
+        model = _model_of(field.annotation) if field is not None else _TAGGED.get(part, model)
+    if model is None or not hasattr(model, "model_fields"):
+        return []
+    return [f.alias or name for name, f in model.model_fields.items()]
+
+
+def _model_of(annotation: Any) -> Any:
+    """The pydantic model inside ``X | None``, ``list[X]`` or ``dict[str, X]``, else None."""
+    if isinstance(annotation, type) and hasattr(annotation, "model_fields"):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None
+
+
+# union members named in pydantic locations: discriminator tags and source kinds
+_TAGGED: dict[str, Any] = {
+    "pattern": schema.PatternAccounts,
+    "csv": schema.CsvAccounts,
+    "timed": schema.TimedAction,
+    "triggered": schema.TriggeredAction,
+    "tone": schema.ToneSource,
+    "silence": schema.SilenceSource,
+    "file": schema.FileSource,
+}
+
+
+def check_threshold_group(threshold: Threshold, groups: list[str]) -> None:
+    """ConfigError when ``threshold`` names a group the plan does not have (it would
+    never have data, so it could only fail)."""
+    if threshold.group is not None and threshold.group not in groups:
+        raise ConfigError(
+            f"threshold {threshold.expression!r}: no group {threshold.group!r} in the plan"
+            f" (groups: {', '.join(groups)})"
+        )
 
 
 class _PlanBuilder:
@@ -195,9 +251,12 @@ class _PlanBuilder:
         self._check_group_names()
         groups = tuple(self._group(i, g) for i, g in enumerate(m.groups))
         thresholds = []
+        names = [g.name for g in m.groups]
         for i, expr in enumerate(m.thresholds):
             try:
-                thresholds.append(parse_threshold(expr))
+                t = parse_threshold(expr)
+                check_threshold_group(t, names)
+                thresholds.append(t)
             except ConfigError as exc:
                 self.fail(("thresholds", i), str(exc))
         return Plan(
@@ -235,7 +294,7 @@ class _PlanBuilder:
             target_uri=target_uri,
             call=CallSettings(g.call.duration_s, g.call.ring_timeout_s, g.call.answer_delay_ms),
             media=self._media(at, g.media),
-            actions=tuple(a.model_dump(exclude_none=True) for a in g.actions),
+            actions=tuple(self._actions(at, g)),
         )
 
     def _registrar(self, at: DataPath, g: schema.GroupModel) -> tuple[Registrar, bool]:
@@ -301,7 +360,40 @@ class _PlanBuilder:
             self.fail((*at, "accounts", exc.field), str(exc))
             return [Account(username=f"invalid{n}", password="") for n in range(g.size)]
 
+    def _actions(self, at: DataPath, g: schema.GroupModel) -> list[dict[str, Any]]:
+        """Actions as assign dicts; the rules workers refuse an assignment for, checked here."""
+        out = []
+        for i, a in enumerate(g.actions):
+            where = (*at, "actions", i)
+            if a.do == "dtmf" and not a.digits:
+                self.fail(where, 'do: dtmf needs `digits` to play, e.g. digits: "12#"')
+            if a.do != "dtmf" and a.digits is not None:
+                self.fail(
+                    (*where, "digits"),
+                    f"do: {a.do} plays no digits; remove `digits` (to fire on received"
+                    " digits use match_digits with on: dtmf_received)",
+                )
+            at_s = getattr(a, "at_s", None)
+            if at_s is not None and at_s >= g.call.duration_s:
+                self.fail(
+                    (*where, "at_s"),
+                    f"at_s {at_s:g} is not within the call (call.duration_s {g.call.duration_s:g});"
+                    " make it smaller or the call longer",
+                )
+            out.append(a.model_dump(exclude_none=True))
+        return out
+
     def _media(self, at: DataPath, m: schema.MediaModel) -> Media:
+        codecs = [c.lower() for c in m.codecs]
+        if all(c == "telephone-event" for c in codecs):
+            self.fail((*at, "media", "codecs"), "list at least one audio codec (PCMU, PCMA, ...)")
+        if len(set(codecs)) != len(codecs):
+            self.fail((*at, "media", "codecs"), f"a codec is listed twice: {list(m.codecs)}")
+        if m.srtp == "dtls":
+            self.fail(
+                (*at, "media", "srtp"),
+                "dtls is not supported by sipswarm workers yet; use sdes (or off)",
+            )
         src = m.source
         source: dict[str, Any]
         if isinstance(src, schema.FileSource):
@@ -317,8 +409,15 @@ class _PlanBuilder:
         except OSError as exc:
             self.fail((*at, "path"), f"cannot read {path}: {exc.strerror}")
             return ""
-        if len(data) > MAX_MEDIA_FILE or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
-            self.fail((*at, "path"), f"{path} must be a WAV file (PCM 16-bit mono) under 16 MiB")
+        if len(data) > MAX_MEDIA_FILE:
+            self.fail(
+                (*at, "path"), f"{path} is {len(data)} bytes; media files must be under 16 MiB"
+            )
+            return ""
+        try:
+            parse_wav(data, str(path))  # the check workers make: refused there = a failed run
+        except ConfigError as exc:
+            self.fail((*at, "path"), str(exc))
             return ""
         digest = hashlib.sha256(data).hexdigest()
         self.media_files[digest] = MediaFile(digest, path.name, data)

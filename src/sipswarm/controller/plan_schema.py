@@ -85,16 +85,27 @@ class MediaModel(StrictModel):
     dscp: int = Field(default=46, ge=0, le=63)
 
 
+DTMF_PATTERN = r"^[0-9A-D*#]{1,64}$"
+ActionKind = Literal["hold", "resume", "dtmf", "hangup"]
+
+
 class TimedAction(StrictModel):
     at_s: float = Field(ge=0)
-    do: Literal["hold", "resume", "dtmf"]
-    digits: str | None = Field(default=None, pattern=r"^[0-9A-D*#]+$")
+    do: ActionKind
+    digits: str | None = Field(default=None, pattern=DTMF_PATTERN)
 
 
 class TriggeredAction(StrictModel):
     on: Literal["dtmf_received", "hold_received", "resume_received"]
-    do: Literal["hold", "resume", "dtmf"]
-    digits: str | None = Field(default=None, pattern=r"^[0-9A-D*#]+$")
+    do: ActionKind
+    digits: str | None = Field(default=None, pattern=DTMF_PATTERN)
+    match_digits: str | None = Field(default=None, pattern=DTMF_PATTERN)
+
+    @model_validator(mode="after")
+    def _match_needs_dtmf(self) -> TriggeredAction:
+        if self.match_digits is not None and self.on != "dtmf_received":
+            raise ValueError("match_digits needs on: dtmf_received")
+        return self
 
 
 def _accounts_kind(value: Any) -> str:

@@ -138,6 +138,7 @@ AGG_ROWS = (
     ("packet loss (%)", "loss%"),
     ("RTT mean / p95 / max (ms)", ("rtt.mean", "rtt.p95", "rtt.max")),
     ("registrations ok / attempted", ("registrations.succeeded", "registrations.attempted")),
+    ("unregistrations ok / attempted", ("unregistrations.succeeded", "unregistrations.attempted")),
     ("register p50 / p95 (ms)", ("register.p50", "register.p95")),
 )
 

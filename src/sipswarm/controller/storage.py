@@ -448,10 +448,11 @@ class Storage:
 
     def registration_records(self, run_id: str) -> list[RegistrationRecord]:
         rows = self.db.execute(
-            "SELECT endpoint_id, status_code, register_ms FROM registrations WHERE run_id = ?",
+            "SELECT endpoint_id, status_code, register_ms, expires_granted_s FROM registrations "
+            "WHERE run_id = ?",
             (run_id,),
         )
-        return [RegistrationRecord(group_of(r[0]), r[1], r[2]) for r in rows]
+        return [RegistrationRecord(group_of(r[0]), r[1], r[2], r[3]) for r in rows]
 
     def phase_counts(self, run_id: str) -> dict[str, int]:
         """Endpoints of the run by their latest phase (``PENDING`` = no phase yet)."""
@@ -479,7 +480,14 @@ class Storage:
         outcomes = self.db.execute(
             "SELECT outcome, COUNT(*) FROM outcomes WHERE run_id = ? GROUP BY outcome", (run_id,)
         ).fetchall()
+        # a call item comes when the call ends: callers between INVITE and BYE are shown apart
+        active = self.db.execute(
+            "SELECT COUNT(*) FROM endpoints WHERE run_id = ? AND role = 'caller' "
+            "AND phase IN ('CALLING', 'RINGING', 'NEGOTIATING', 'INCALL')",
+            (run_id,),
+        ).fetchone()[0]
         return {
+            "calls_active": active,
             "calls_attempted": attempted,
             "calls_answered": answered,
             "asr": answered / attempted if attempted else None,
