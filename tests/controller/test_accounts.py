@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from sipswarm.controller.accounts import AccountsError, expand_pattern, expand_users
+from sipswarm.controller.accounts import AccountsError, expand_pattern, expand_users, read_csv
 
 
 def test_range_with_prefix_suffix_and_padding() -> None:
@@ -43,3 +45,28 @@ def test_templates() -> None:
     with pytest.raises(AccountsError) as exc:
         expand_pattern("{1..1}", "{password}", 1)
     assert exc.value.field == "password"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        # an unclosed quote used to swallow every following row into one username
+        (b'username,password\n"1000,a\n1001,b\n', "unexpected end of data in the row after line 1"),
+        # an unquoted comma shifted the columns silently
+        (b"username,password\n1000,a,b\n1001,b\n", "line 2: 3 field(s) where the header has 2"),
+        (b"username,password\n1000,a\n1001\n", "line 3: 1 field(s) where the header has 2"),
+        # not UTF-8: used to raise UnicodeDecodeError out of the plan loader (a traceback)
+        (b"\xff\xfeu\x00s\x00", "is not UTF-8 text (byte 0)"),
+        (b"username,password\n", "holds 0 account(s) but the group size is 2"),
+        (
+            b"username,password\n10 00,a\n1001,b\n",
+            "line 2: username '10 00' is empty or has spaces",
+        ),
+    ],
+)
+def test_malformed_csv_names_the_line(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "a.csv"
+    path.write_bytes(content)
+    with pytest.raises(AccountsError) as exc:
+        read_csv(path, 2)
+    assert message in str(exc.value)

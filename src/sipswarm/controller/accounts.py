@@ -19,6 +19,7 @@ import csv
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sipswarm.errors import ConfigError
 
@@ -119,13 +120,25 @@ def expand_pattern(
 
 
 def read_csv(path: Path, size: int) -> list[Account]:
-    """The first ``size`` accounts of a CSV file (see module docstring)."""
+    """The first ``size`` accounts of a CSV file (see module docstring).
+
+    Malformed files are refused with the line to fix: not UTF-8 text, an unterminated
+    quote, a row with more or fewer fields than the header, an empty username.
+    """
     try:
         with path.open(newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
-            header = [] if not rows else list(rows[0].keys())
+            reader = csv.DictReader(fh, strict=True)
+            header = list(reader.fieldnames or [])
+            rows = [(reader.line_num, row) for row in reader]
     except OSError as exc:
         raise AccountsError("csv", f"cannot read {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise AccountsError(
+            "csv", f"{path} is not UTF-8 text (byte {exc.start}); save it as UTF-8 CSV"
+        ) from exc
+    except csv.Error as exc:
+        where = f"in the row after line {reader.line_num}"
+        raise AccountsError("csv", f"{path}: {exc} {where} (a quote left open?)") from exc
     missing = [c for c in CSV_REQUIRED if c not in header]
     if missing:
         raise AccountsError(
@@ -133,22 +146,32 @@ def read_csv(path: Path, size: int) -> list[Account]:
             f"{path} lacks column(s) {', '.join(missing)}; its first line must be a header "
             f"with {', '.join(CSV_REQUIRED)} (optional: {', '.join(CSV_OPTIONAL)})",
         )
+    accounts = [_csv_account(path, line, row, len(header)) for line, row in rows[:size]]
     if len(rows) < size:
         raise AccountsError(
-            "csv", f"{path} holds {len(rows)} accounts but the group size is {size}"
-        )
-    accounts = []
-    for i, row in enumerate(rows[:size]):
-        username = (row.get("username") or "").strip()
-        if not username:
-            raise AccountsError("csv", f"{path} line {i + 2}: empty username")
-        accounts.append(
-            Account(
-                username=username,
-                password=row.get("password") or "",
-                auth_username=(row.get("auth_username") or "").strip() or None,
-                realm=(row.get("realm") or "").strip() or None,
-                display_name=(row.get("display_name") or "").strip() or None,
-            )
+            "csv", f"{path} holds {len(rows)} account(s) but the group size is {size}"
         )
     return accounts
+
+
+def _csv_account(path: Path, line: int, row: dict[str | Any, Any], columns: int) -> Account:
+    extra = len(row.get(None) or [])
+    short = sum(1 for k, v in row.items() if k is not None and v is None)
+    if extra or short:
+        raise AccountsError(
+            "csv",
+            f"{path} line {line}: {columns + extra - short} field(s) where the header has"
+            f" {columns}; quote fields that hold a comma",
+        )
+    username = (row.get("username") or "").strip()
+    if not username or any(c.isspace() for c in username):
+        raise AccountsError(
+            "csv", f"{path} line {line}: username {username!r} is empty or has spaces"
+        )
+    return Account(
+        username=username,
+        password=row.get("password") or "",
+        auth_username=(row.get("auth_username") or "").strip() or None,
+        realm=(row.get("realm") or "").strip() or None,
+        display_name=(row.get("display_name") or "").strip() or None,
+    )
