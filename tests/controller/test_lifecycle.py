@@ -63,3 +63,19 @@ def test_forward_only() -> None:
     with pytest.raises(InvalidState):
         run.transition(S.QUEUED, 3)
     assert not run.can(S.CANNOT_RUN_FOR_NOW)
+
+
+def test_refusal_detail_is_summarized_for_the_run_reason() -> None:
+    from sipswarm.controller.runs import summarize_detail
+
+    # a worker lists one problem per endpoint: 30 endpoints made a reason of pages
+    detail = "; ".join(
+        f"endpoints[{i}].actions[1].at_s 20.0 comes after the call ends" for i in range(30)
+    )
+    short = summarize_detail(detail)
+    assert short.startswith(
+        "endpoints[0].actions[1].at_s 20.0 comes after the call ends; endpoints[1]"
+    )
+    assert short.endswith("; and 28 more (see the run's assignments)")
+    assert summarize_detail("one; two") == "one; two"
+    assert summarize_detail(None) == "no detail"

@@ -201,6 +201,42 @@ def test_ctrl_c_cancels_with_no_endpoint_left_open(tmp_path: Path) -> None:
     assert endpoints == 20 and dict(rows) == {"CANCELLED": 20} and closed == 20
 
 
+def test_second_ctrl_c_forces_the_exit_without_a_traceback(
+    tmp_path: Path, agents: list[AgentProcess]
+) -> None:
+    # A worker that stopped answering (here: SIGSTOP) keeps the run STOPPING for up to
+    # STOP_TIMEOUT_S (15 s) after the first Ctrl-C; the second one used to be ignored.
+    plan = write_plan(
+        tmp_path,
+        (ROOT / "examples" / "quickstart.yaml")
+        .read_text()
+        .replace("size: 10", "size: 2")
+        .replace("duration_s: 10", "duration_s: 120"),
+    )
+    (tmp_path / "tokens.txt").write_text("e2e-token-2\n")
+    port = free_port(("tcp",))
+    proc = sipswarm_run(
+        tmp_path, plan, "--workers", "1", "--tokens", "tokens.txt", "--listen", f"127.0.0.1:{port}"
+    )
+    agent = start_agent(agents, f"ws://127.0.0.1:{port}/v1/worker", "e2e-token-2", tmp_path)
+    try:
+        deadline = time.monotonic() + 40
+        while in_call(tmp_path / "runs.db") < 4 and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert in_call(tmp_path / "runs.db") == 4, "the calls did not come up"
+        os.killpg(agent.pid, signal.SIGSTOP)  # the worker goes silent
+        os.kill(proc.pid, signal.SIGINT)
+        time.sleep(1.0)
+        assert proc.poll() is None, "the run ended although its worker cannot hang up"
+        os.kill(proc.pid, signal.SIGINT)
+        code, out = finish(proc, 5)  # well before the 15 s STOPPING limit
+    finally:
+        os.killpg(agent.pid, signal.SIGCONT)
+    assert code == 3, out
+    assert "Traceback" not in out
+    assert "Ctrl-C again to force" in out and "forced exit: no report written" in out
+
+
 def in_call(db_path: Path) -> int:
     if not db_path.exists():
         return 0

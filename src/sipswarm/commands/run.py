@@ -8,7 +8,9 @@ the live view stays clean. Once the agent is ONLINE the plan is submitted and
 :func:`~sipswarm.controller.runner.run_plan` shows progress until the run
 ends; Ctrl-C (or SIGTERM) cancels it (STOPPING -> CANCELLED, every endpoint
 hangs up). Then the report and JSON are written, thresholds printed, the
-agent is stopped with SIGTERM (it drains) and the exit code returned:
+agent is stopped with SIGTERM (it drains) and the exit code returned. A
+second Ctrl-C forces the exit at once (:class:`Interrupts`): the local agent
+is killed, no report is written, exit 3, no traceback.
 
 - 0: COMPLETED and every threshold passed; 1: a threshold failed;
 - 2: bad plan, threshold or option (nothing started);
@@ -49,6 +51,7 @@ from sipswarm.errors import ConfigError
 EXIT_USAGE = 2
 AGENT_START_TIMEOUT_S = 30.0  # shards import numpy/av and bind sockets before reporting
 AGENT_STOP_TIMEOUT_S = 40.0  # its drain flush timeout is 30 s
+FORCED_CLOSE_TIMEOUT_S = 1.0  # a forced exit waits this long for workers' close handshakes
 WORKERS_TIMEOUT_S = 120.0  # --workers N: how long to wait for the external agents
 
 
@@ -144,6 +147,9 @@ def main(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"sipswarm run: cannot listen on {args.listen}: {exc}", file=sys.stderr)
             return EXIT_NOT_COMPLETED
+        except KeyboardInterrupt:  # before the signal handlers were installed
+            print("sipswarm run: interrupted", file=sys.stderr)
+            return EXIT_NOT_COMPLETED
     print(f"logs: {setup.log_path}")
     return code
 
@@ -159,12 +165,14 @@ async def run_command(setup: RunSetup, log_file: IO[bytes]) -> int:
     controller = Controller(setup.config)
     await controller.start()
     stop = asyncio.Event()
-    _on_signals(stop.set)
+    interrupts = Interrupts(stop, asyncio.current_task())
+    _on_signals(interrupts.signal)
     agent: LocalAgent | None = None
     try:
         if setup.external_workers:
             _print_worker_instructions(setup, controller.worker_url)
         else:
+            print("starting the local agent ...", flush=True)
             agent = await LocalAgent.start(
                 controller.worker_url, setup.token, setup.shards, log_file
             )
@@ -192,11 +200,44 @@ async def run_command(setup: RunSetup, log_file: IO[bytes]) -> int:
             if path:
                 print(f"{what}: {path}")
         return summary.exit_code
+    except asyncio.CancelledError:
+        if not interrupts.forced:
+            raise
+        interrupts.task.uncancel()  # type: ignore[union-attr]
+        print(
+            "sipswarm run: forced exit: no report written; endpoints still in a call may"
+            " stay open on the system under test until it times them out",
+            file=sys.stderr,
+        )
+        return EXIT_NOT_COMPLETED
     finally:
-        _on_signals(None)
         if agent is not None:
-            await agent.stop()
-        await controller.stop()
+            try:
+                await (agent.kill() if interrupts.forced else agent.stop())
+            except asyncio.CancelledError:  # Ctrl-C again while the agent drains
+                interrupts.task.uncancel()  # type: ignore[union-attr]
+                await agent.kill()
+        _on_signals(None)
+        await controller.stop(FORCED_CLOSE_TIMEOUT_S if interrupts.forced else None)
+
+
+@dataclass
+class Interrupts:
+    """Ctrl-C / SIGTERM: the first cancels the run (``stop`` is set: every endpoint hangs
+    up, the report is written); the second cancels ``task`` (the whole command) at once."""
+
+    stop: asyncio.Event
+    task: asyncio.Task[Any] | None
+    forced: bool = False
+
+    def signal(self) -> None:
+        if not self.stop.is_set():
+            self.stop.set()
+            print("cancelling the run: every endpoint hangs up (Ctrl-C again to force)")
+            return
+        if not self.forced and self.task is not None:
+            self.forced = True
+            self.task.cancel()
 
 
 def ready_workers(controller: Controller) -> int:
@@ -283,6 +324,12 @@ class LocalAgent:
     def describe(self) -> str:
         rc = self.proc.returncode
         return "still starting" if rc is None else f"exited with status {rc}"
+
+    async def kill(self) -> None:
+        """SIGKILL to the agent's process group (its session: supervisor and shards)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        await self.proc.wait()
 
     async def stop(self) -> None:
         """SIGTERM (the agent drains: runs finished, data flushed), SIGKILL if it hangs."""

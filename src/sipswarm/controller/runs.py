@@ -296,7 +296,7 @@ class RunManager:
 
     async def _refused(self, run: RunState, worker: WorkerSession, result: AssignResult) -> None:
         why = f"worker {worker.worker_id} refused {result.assignment_id}: " + (
-            f"{result.reason.value if result.reason else '?'} ({result.detail or 'no detail'})"
+            f"{result.reason.value if result.reason else '?'} ({summarize_detail(result.detail)})"
         )
         for wid in run.workers():
             await self._send(wid, Cancel(run_id=run.run_id, reason="refused"))
@@ -441,6 +441,19 @@ class RunManager:
                     worker.outstanding.pop(a.assign.assignment_id, None)
         self.storage.save_aggregates(run.run_id, aggregates_json(self.aggregates(run.run_id)))
         run.done.set()
+
+
+def summarize_detail(detail: str | None, keep: int = 2) -> str:
+    """A worker's refusal detail for the run's reason: its first ``keep`` problems and
+    how many more (a worker lists one per endpoint: a 1,000-endpoint assignment made a
+    reason of pages). The full text stays in the assignment row (report, JSON, API)."""
+    if not detail:
+        return "no detail"
+    problems = detail.split("; ")
+    if len(problems) <= keep:
+        return detail
+    more = len(problems) - keep
+    return f"{'; '.join(problems[:keep])}; and {more} more (see the run's assignments)"
 
 
 def aggregates_json(result: agg.RunAggregates) -> dict[str, Any]:

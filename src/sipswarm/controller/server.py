@@ -94,7 +94,9 @@ class Controller:
         self.api_port = await self.api.serve(cfg.api_host, api_port)
         self._ticker = asyncio.create_task(self._tick_forever())
 
-    async def stop(self) -> None:
+    async def stop(self, close_timeout: float | None = None) -> None:
+        """Stop serving; ``close_timeout`` bounds the wait for workers' close handshakes
+        (a forced exit must not wait for a worker that stopped answering)."""
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -102,7 +104,14 @@ class Controller:
         await self.api.close()
         if self._ws_server is not None:
             self._ws_server.close()
-            await self._ws_server.wait_closed()
+            try:
+                await asyncio.wait_for(self._ws_server.wait_closed(), close_timeout)
+            except TimeoutError:
+                for worker in self.hub.workers.values():
+                    if worker.ws is not None:  # no close handshake with a silent worker
+                        worker.ws.transport.abort()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._ws_server.wait_closed(), close_timeout)
         self.storage.close()
 
     async def _tick_forever(self) -> None:
