@@ -233,6 +233,93 @@ def test_invalid_plan_is_400_with_lines(tmp_path: Path) -> None:
     with_controller(tmp_path, body)
 
 
+async def _http_full(
+    method: str, url: str, body: bytes | None = None, ctype: str | None = None
+) -> tuple[int, dict[str, str], Any]:
+    """Like _http, with a Content-Type and the response headers."""
+
+    def call() -> tuple[int, dict[str, str], Any]:
+        req = urllib.request.Request(url, data=body, method=method)
+        if ctype is not None:
+            req.add_header("Content-Type", ctype)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, dict(resp.headers), json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, dict(exc.headers), json.loads(exc.read())
+
+    return await asyncio.to_thread(call)
+
+
+def test_api_errors_are_json_with_a_clear_message(tmp_path: Path) -> None:
+    async def body(controller: Controller) -> None:
+        api = controller.api_url
+        # a form upload (curl -F) is not a plan: 415 saying what to send
+        form = b"--x\r\nContent-Disposition: form-data; name=plan\r\n\r\ngroups: []\r\n--x--\r\n"
+        status, _, reply = await _http_full(
+            "POST", f"{api}/runs", form, "multipart/form-data; boundary=x"
+        )
+        assert status == 415
+        assert "application/yaml" in reply["error"] and "--data-binary" in reply["error"]
+        # 405 names the allowed methods in the body and in Allow (RFC 9110 15.5.6)
+        status, headers, reply = await _http_full("DELETE", f"{api}/runs")
+        assert (
+            status == 405 and headers["Allow"] == "POST, GET" and "use POST, GET" in reply["error"]
+        )
+        # plan problems as text and as fields
+        status, _, reply = await _http_full(
+            "POST", f"{api}/runs", b"groups:\n  - name: x\n", "application/yaml"
+        )
+        assert status == 400 and reply["error"].startswith("invalid plan: ")
+        assert {"path": "groups[0].size", "line": 2, "message": "Field required"} in reply[
+            "problems"
+        ]
+        # a JSON plan with its content type is accepted (no worker: CANNOT_RUN_FOR_NOW)
+        plan = json.dumps(
+            {"groups": [{"name": "r", "size": 1, "role": "receiver", "accounts": {"user": "1"}}]}
+        )
+        status, _, reply = await _http_full(
+            "POST", f"{api}/runs", plan.encode(), "application/json"
+        )
+        assert status == 201 and reply["status"] == "CANNOT_RUN_FOR_NOW"
+        # since must be a number, not silently ignored
+        status, _, reply = await _http_full(
+            "GET", f"{api}/runs/{reply['run_id']}/metrics?since=abc"
+        )
+        assert status == 400 and "since must be epoch milliseconds" in reply["error"]
+        status, _, reply = await _http_full("POST", f"{api}/runs/r-nope/cancel")
+        assert status == 404 and reply == {"error": "no run r-nope"}
+
+    with_controller(tmp_path, body)
+
+
+def test_openapi_document_is_complete(tmp_path: Path) -> None:
+    async def body(controller: Controller) -> None:
+        status, _, doc = await _http_full("GET", f"{controller.api_url}/openapi.json")
+        assert status == 200 and doc["openapi"].startswith("3.1")
+        routes = {(m, p) for m, rx, _ in controller.api.routes for p in [rx.pattern]}
+        documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
+        assert len(documented) == len(routes) == 8
+        for path, ops in doc["paths"].items():
+            for method, op in ops.items():
+                assert op["responses"], (method, path)
+                for code, response in op["responses"].items():
+                    assert response["description"], (method, path, code)
+                    if code.startswith("4"):
+                        assert (
+                            "error"
+                            in response["content"]["application/json"]["schema"]["properties"]
+                        )
+        post = doc["paths"]["/api/v1/runs"]["post"]
+        assert {"400", "415"} <= set(post["responses"])
+        assert {"application/yaml", "application/json"} <= set(post["requestBody"]["content"])
+        refs = json.dumps(doc)
+        for name in re.findall(r'"#/components/schemas/(\w+)"', refs):
+            assert name in doc["components"]["schemas"], name
+
+    with_controller(tmp_path, body)
+
+
 def test_cancel_goes_stopping_then_cancelled(tmp_path: Path) -> None:
     async def body(controller: Controller) -> None:
         w = HarnessWorker(controller.worker_url, TOKEN, "w-c", script="silent")

@@ -42,6 +42,7 @@ class Reply:
     status: int
     body: Any
     content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()  # extra headers, e.g. Allow on a 405
 
     def encode(self) -> bytes:
         if isinstance(self.body, bytes):
@@ -51,9 +52,10 @@ class Reply:
         else:
             payload = json.dumps(self.body, indent=1, default=str).encode()
         reason = HTTPStatus(self.status).phrase
+        extra = "".join(f"{name}: {value}\r\n" for name, value in self.headers)
         head = (
             f"HTTP/1.1 {self.status} {reason}\r\nContent-Type: {self.content_type}\r\n"
-            f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n"
+            f"{extra}Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n"
         )
         return head.encode() + payload
 
@@ -145,5 +147,7 @@ class HttpApi:
                 continue
             return await handler(Request(method, path, query, headers, body, match.groupdict()))
         if allowed:
-            return error(405, f"{method} not allowed on {path}; use {', '.join(allowed)}")
+            allow = ", ".join(allowed)
+            reply = error(405, f"{method} not allowed on {path}; use {allow}")
+            return Reply(reply.status, reply.body, headers=(("Allow", allow),))  # RFC 9110 15.5.6
         return error(404, f"no such resource {path}; see /api/v1/openapi.json")

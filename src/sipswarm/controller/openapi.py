@@ -14,6 +14,17 @@ ERROR = {
                 "properties": {
                     "error": {"type": "string"},
                     "issues": {"type": "array", "items": {"type": "string"}},
+                    "problems": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "path": {"type": "string"},
+                                "line": {"type": ["integer", "null"]},
+                                "message": {"type": "string"},
+                            },
+                        },
+                    },
                 },
                 "required": ["error"],
             }
@@ -113,6 +124,23 @@ def _schemas() -> dict[str, Any]:
     }
 
 
+# Content types a plan may be posted as, all read as YAML (JSON is YAML too): the YAML
+# and JSON types, text/plain, and application/x-www-form-urlencoded because it is what
+# `curl --data-binary @plan.yaml` and urllib send by default. Anything else (a form
+# upload with `curl -F`, XML, ...) is 415.
+PLAN_TYPES = frozenset(
+    {
+        "application/yaml",
+        "application/x-yaml",
+        "text/yaml",
+        "text/x-yaml",
+        "application/json",
+        "text/plain",
+        "application/x-www-form-urlencoded",
+    }
+)
+
+
 def openapi_document(version: str) -> dict[str, Any]:
     """The whole document; ``version`` is the sipswarm version."""
     plan_body = {
@@ -136,7 +164,12 @@ def openapi_document(version: str) -> dict[str, Any]:
                 "post": {
                     "summary": "Submit a plan; the run starts at once",
                     "requestBody": plan_body,
-                    "responses": {"201": _json("Run", "the new run"), "400": ERROR},
+                    "responses": {
+                        "201": _json("Run", "the new run"),
+                        "400": ERROR,
+                        "413": ERROR,
+                        "415": ERROR,
+                    },
                 },
                 "get": {
                     "summary": "List runs",
@@ -157,7 +190,11 @@ def openapi_document(version: str) -> dict[str, Any]:
                         RUN_ID,
                         {"name": "since", "in": "query", "schema": {"type": "integer"}},
                     ],
-                    "responses": {"200": _json("Metrics", "the series"), "404": ERROR},
+                    "responses": {
+                        "200": _json("Metrics", "the series"),
+                        "400": ERROR,
+                        "404": ERROR,
+                    },
                 }
             },
             "/api/v1/runs/{run_id}/report": {

@@ -29,10 +29,11 @@ from sipswarm import __version__
 from sipswarm.controller.httpapi import HttpApi, Reply, Request, error
 from sipswarm.controller.hub import WORKER_PATH, WorkerHub
 from sipswarm.controller.lifecycle import TERMINAL
-from sipswarm.controller.openapi import openapi_document
+from sipswarm.controller.openapi import PLAN_TYPES, openapi_document
 from sipswarm.controller.plan import PlanError, load_plan
 from sipswarm.controller.runs import LOST_GRACE_S, TICK_S, RunManager, aggregates_json
 from sipswarm.controller.storage import Storage
+from sipswarm.controller.yamlpos import format_path
 from sipswarm.errors import ConfigError
 from sipswarm.protocol import MAX_FRAME_BYTES, SUBPROTOCOL
 
@@ -146,6 +147,14 @@ class Controller:
         return Reply(200, openapi_document(__version__))
 
     async def _post_run(self, req: Request) -> Reply:
+        ctype = req.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype and ctype not in PLAN_TYPES:
+            return error(
+                415,
+                f"a plan is the YAML or JSON text itself, not {ctype}; send it as the body"
+                " with Content-Type: application/yaml or application/json"
+                " (curl -H 'Content-Type: application/yaml' --data-binary @plan.yaml URL)",
+            )
         try:
             text = req.body.decode("utf-8")
         except UnicodeDecodeError:
@@ -153,7 +162,15 @@ class Controller:
         try:
             plan = load_plan(text, base_dir=Path(self.config.plans_dir), source="plan")
         except PlanError as exc:
-            return error(400, "invalid plan", issues=[str(i) for i in exc.issues])
+            return error(
+                400,
+                f"invalid plan: {len(exc.issues)} problem(s)",
+                issues=[str(i) for i in exc.issues],
+                problems=[
+                    {"path": format_path(i.path), "line": i.line, "message": i.message}
+                    for i in exc.issues
+                ],
+            )
         except ConfigError as exc:
             return error(400, str(exc))
         run_id = await self.runs.submit(plan)
@@ -198,9 +215,9 @@ class Controller:
         if self.storage.run(run_id) is None:
             return error(404, f"no run {run_id}")
         since = parse_qs(req.query).get("since", ["0"])[0]
-        series = self.storage.series(run_id)
-        if since.isdigit():
-            series = [p for p in series if p["ts"] >= int(since)]
+        if not since.isdigit():
+            return error(400, f"since must be epoch milliseconds (an integer), got {since!r}")
+        series = [p for p in self.storage.series(run_id) if p["ts"] >= int(since)]
         return Reply(200, {"run_id": run_id, "series": series})
 
     async def _get_report(self, req: Request) -> Reply:
