@@ -12,7 +12,7 @@ import pytest
 from sipswarm.cli import main
 from sipswarm.commands.controller import parse_hostport
 from sipswarm.controller.live import LiveView, plain_line, render
-from sipswarm.controller.report import build_report, histogram, write_html, write_json
+from sipswarm.controller.report import build_report, histogram, render_html, write_html, write_json
 from sipswarm.controller.storage import Storage
 from sipswarm.errors import ConfigError
 
@@ -109,3 +109,62 @@ def test_panel_heading_and_calls_in_progress_at_terminal_width() -> None:
     assert any(line.strip("│ ") == "endpoints by phase" for line in lines), lines
     assert any("9 answered of 10 ended · 3 in progress" in line for line in lines)
     assert plain_line({**SNAP, "calls_active": 3}).count("calls 9/10 (+3 in progress)") == 1
+
+
+def test_report_units_axes_groups_and_refusals(tmp_path: Path) -> None:
+    from sipswarm.controller.svg import nice_ceiling
+
+    db = Storage()
+    db.create_run("r-7", "demo", "groups: []", 1)
+    db.add_assignment("r-7-a1", "r-7", "w1", [("r-7/rx/0", "rx", "receiver", 0, "2", None)], 1)
+    db.set_assignment_result("r-7-a1", False, "invalid", "endpoints[0].a bad; endpoints[1].b bad")
+    report = build_report(db, "r-7", group_names=["rx", "tx"])
+    # a group with no record at all (its callers never started) still has its column
+    assert set(report["aggregates"]["groups"]) == {"rx", "tx"}
+    html = render_html(report)
+    assert '<h2 id="refused">Refused assignments</h2>' in html
+    assert "endpoints[0].a bad\nendpoints[1].b bad" in html
+    assert '<table class="text">' in html  # the timeline's reasons are prose, left-aligned
+    assert nice_ceiling(0.581) == 0.8 and nice_ceiling(34) == 40 and nice_ceiling(100) == 100
+
+
+def test_report_charts_share_the_time_axis_and_name_their_units() -> None:
+    from sipswarm.controller.report import _charts
+
+    series = [
+        {"ts": t, "phases": {"INCALL": 2}, "active_calls": 1, "mos": mos, "jitter_ms": 0.5,
+         "loss": 0.01, "rtt_ms": None}
+        for t, mos in ((1000, None), (2000, 4.3), (3000, 4.4))
+    ]  # fmt: skip
+    svg = _charts(series, [{"from": 0.4, "to": 0.8, "count": 3}])
+    # loss was drawn in percent under a "fraction" axis label
+    assert ">%</text>" in svg and ">fraction</text>" not in svg
+    # MOS on its own 1-5 scale, on the same 0-2 s axis as the other charts
+    mos = svg[svg.index("MOS (mean of endpoints)") : svg.index("Jitter (mean)")]
+    assert ">1</text>" in mos.replace(">1.0</text>", ">1</text>") and ">5.0</text>" in mos
+    assert ">0s</text>" in mos and ">2s</text>" in mos
+    assert "PDD (ms, bin start)" in svg and ">0.4</text>" in svg
+
+
+def test_pdd_histogram_counts_placed_calls_once() -> None:
+    from sipswarm.protocol.parse import parse_item
+
+    db = Storage()
+    db.create_run("r-8", "demo", "groups: []", 1)
+    rows = [
+        ("r-8/tx/0", "tx", "caller", 0, "1", "sip:x"),
+        ("r-8/rx/0", "rx", "receiver", 0, "2", None),
+    ]
+    db.add_assignment("r-8-a1", "r-8", "w1", rows, 1)
+    items = []
+    for ep, direction, pdd in (("r-8/tx/0", "out", 120.0), ("r-8/rx/0", "in", 1.0)):
+        item, problems = parse_item(
+            {"kind": "call", "run_id": "r-8", "endpoint_id": ep, "direction": direction,
+             "final_code": 200, "result": "answered", "pdd_ms": pdd}
+        )  # fmt: skip
+        assert item is not None, problems
+        items.append(item)
+    db.store_data("s", "w1", 1, items)
+    bins = build_report(db, "r-8")["pdd_histogram"]
+    # the receiver's side of the same call is not a second dial (and its "PDD" is ~1 ms)
+    assert sum(b["count"] for b in bins) == 1 and bins[0]["from"] <= 120.0 <= bins[-1]["to"]

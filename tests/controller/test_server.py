@@ -162,7 +162,7 @@ def test_full_run_over_two_workers(tmp_path: Path) -> None:
         page = render_html(report)
         parser = _Checker()
         parser.feed(page)
-        assert parser.svgs == 6 and parser.external == []
+        assert parser.svgs == 7 and parser.external == []  # 6 over time + PDD
         assert "PASS" in page and "rx" in page
         assert "<td>ASR (%)</td><td>100</td>" in page, "ratios are shown as percentages"
         assert re.search(r"<td>RUNNING</td><td>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}Z</td>", page)

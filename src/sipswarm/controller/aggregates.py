@@ -257,13 +257,18 @@ def compute(
     samples: Sequence[MetricSample],
     outcomes: Sequence[OutcomeRecord],
     registrations: Sequence[RegistrationRecord],
+    group_names: Iterable[str] = (),
 ) -> RunAggregates:
-    """Overall and per-group aggregates (see module docstring for the definitions)."""
+    """Overall and per-group aggregates (see module docstring for the definitions).
+
+    ``group_names`` (the plan's groups) get an entry even without any record, so that
+    a group whose endpoints never started shows zeros instead of being left out."""
     groups = sorted(
         {c.group for c in calls}
         | {s.group for s in samples}
         | {o.group for o in outcomes}
         | {r.group for r in registrations}
+        | set(group_names)
     )
     per_group = {
         g: aggregate(

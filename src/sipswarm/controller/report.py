@@ -34,17 +34,26 @@ PHASE_ORDER = (
 
 
 def build_report(
-    storage: Storage, run_id: str, thresholds: Sequence[Threshold] = ()
+    storage: Storage,
+    run_id: str,
+    thresholds: Sequence[Threshold] = (),
+    group_names: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Everything the report shows, as JSON-able data (this is also ``--json``)."""
+    """Everything the report shows, as JSON-able data (this is also ``--json``).
+
+    ``group_names``: the plan's groups, shown even when they have no record."""
     run = storage.run(run_id) or {"run_id": run_id}
+    calls = storage.call_records(run_id)
+    # the callers' PDD, as in the overall aggregates (a receiver's side is not a dial)
+    placed = [c for c in calls if c.direction == "out"] or calls
+    pdd = [c.pdd_ms for c in placed if c.pdd_ms is not None]
     aggs = compute(
-        storage.call_records(run_id),
+        calls,
         storage.metric_samples(run_id),
         storage.outcome_records(run_id),
         storage.registration_records(run_id),
+        [*group_names, *storage.group_names(run_id)],
     )
-    pdd = [c.pdd_ms for c in storage.call_records(run_id) if c.pdd_ms is not None]
     failed = [
         e for e in storage.endpoints(run_id) if e["outcome"] and e["outcome"] not in OK_OUTCOMES
     ]
@@ -102,6 +111,7 @@ text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:
 .pass{color:#207020;font-weight:bold}.fail{color:#b00020;font-weight:bold}
 pre{background:#f7f7f7;padding:8px;overflow:auto;font-size:12px;max-height:400px}
 .status{font-size:18px;font-weight:bold}details{margin:6px 0}
+table.text td:last-child{text-align:left;max-width:640px}
 """
 
 
@@ -188,15 +198,25 @@ def _charts(series: list[dict[str, Any]], pdd: list[dict[str, float]]) -> str:
         for ph in phases
     }
     loss = [(x, y * 100) for x, y in pick("loss")]
-    bars = [(f"{b['from']:.0f}", float(b["count"])) for b in pdd]
+    bars = [(f"{b['from']:.3g}", float(b["count"])) for b in pdd]
+    # one time axis for every chart: the run's first to last sample
+    span = (xs[0], xs[-1]) if len(xs) > 1 and xs[-1] > xs[0] else None
+
+    def timed(
+        title: str, unit: str, data: dict[str, Any], y_range: tuple[float, float] | None = None
+    ) -> str:
+        x_label = "seconds since the first sample"
+        return line_chart(title, unit, data, span, y_range, x_label)
+
     return "".join(
         [
-            line_chart("Endpoints by phase", "endpoints", by_phase),
-            line_chart("Active calls", "calls", {"active calls": pick("active_calls")}),
-            line_chart("MOS (mean of endpoints)", "MOS", {"MOS": pick("mos")}),
-            line_chart("Jitter (mean)", "ms", {"jitter": pick("jitter_ms")}),
-            line_chart("Packet loss (mean fraction lost)", "fraction", {"loss": loss}),
-            bar_chart("PDD histogram", "calls", bars),
+            timed("Endpoints by phase", "endpoints", by_phase),
+            timed("Active calls", "calls", {"active calls": pick("active_calls")}),
+            timed("MOS (mean of endpoints)", "MOS", {"MOS": pick("mos")}, (1.0, 5.0)),
+            timed("Jitter (mean)", "ms", {"jitter": pick("jitter_ms")}),
+            timed("RTT (mean)", "ms", {"RTT": pick("rtt_ms")}),
+            timed("Packet loss (mean of endpoints)", "%", {"loss %": loss}),
+            bar_chart("PDD histogram", "calls", bars, x_label="PDD (ms, bin start)"),
         ]
     )
 
@@ -224,6 +244,21 @@ def _failed(report: dict[str, Any]) -> str:
     return "".join(parts)
 
 
+_TEXT_TABLE = '<table class="text">'  # last column is prose: left-aligned
+
+
+def _refused(assignments: list[dict[str, Any]]) -> str:
+    """Assignments a worker refused, with the worker's full list of problems."""
+    parts = []
+    for a in assignments:
+        problems = escape((a["detail"] or "no detail").replace("; ", "\n"))
+        parts.append(
+            f"<p>{escape(a['assignment_id'])} ({a['endpoints']} endpoints) refused by "
+            f"{escape(a['worker_id'])}: {escape(a['reason'] or '?')}</p><pre>{problems}</pre>"
+        )
+    return "".join(parts)
+
+
 def render_html(report: dict[str, Any]) -> str:
     """The report as one HTML page with inline CSS and SVG."""
     aggs = report["aggregates"]
@@ -235,6 +270,7 @@ def render_html(report: dict[str, Any]) -> str:
         for t in thresholds
     )
     start = report["timeline"][0]["ts"] if report["timeline"] else 0
+    refused = [a for a in report["assignments"] if a["accepted"] == 0]
     timeline = _table(
         ["status", "time (UTC)", "elapsed (s)", "reason"],
         [
@@ -248,17 +284,20 @@ def render_html(report: dict[str, Any]) -> str:
         f"<body><h1>sipswarm run {escape(report['run_id'])}: {escape(report['name'] or '')}</h1>"
         f'<p class="status">{escape(report["status"] or "?")}</p>'
         f"<p>{escape(report['reason'] or '')}</p>"
-        f"<h2>Timeline</h2>{timeline}"
+        f'<h2 id="timeline">Timeline</h2>{timeline.replace("<table>", _TEXT_TABLE, 1)}'
+        + (f'<h2 id="refused">Refused assignments</h2>{_refused(refused)}' if refused else "")
         + (
-            f"<h2>Thresholds</h2><table><tr><th>threshold</th><th>actual</th><th>result</th>"
-            f"</tr>{th_rows}</table>"
+            '<h2 id="thresholds">Thresholds</h2><table><tr><th>threshold</th><th>actual</th>'
+            f"<th>result</th></tr>{th_rows}</table>"
             if thresholds
             else ""
         )
-        + f"<h2>Results</h2>{_aggregate_table(aggs)}"
-        f"<h2>Outcomes</h2>{_counts_table('outcome', aggs, 'outcomes')}"
-        f"<h2>Final codes</h2>{_counts_table('final code', aggs, 'final_codes')}"
-        f"<h2>Over time</h2>{_charts(report['series'], report['pdd_histogram'])}"
-        f"<h2>Failed endpoints</h2>{_failed(report)}"
-        "</body></html>"
+        + f'<h2 id="results">Results</h2>{_aggregate_table(aggs)}'
+        + f'<h2 id="outcomes">Outcomes</h2>{_counts_table("outcome", aggs, "outcomes")}'
+        + '<h2 id="final-codes">Final codes</h2>'
+        + _counts_table("final code", aggs, "final_codes")
+        + '<h2 id="over-time">Over time</h2>'
+        + _charts(report["series"], report["pdd_histogram"])
+        + f'<h2 id="failed">Failed endpoints</h2>{_failed(report)}'
+        + "</body></html>"
     )

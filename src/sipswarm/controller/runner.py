@@ -78,7 +78,7 @@ async def run_plan(
         await _wait_or_cancel(controller, run_id, stop, options.timeout_s)
     state = runs.runs[run_id]
     thresholds = [*plan.thresholds, *extra]
-    report = build_report(controller.storage, run_id, thresholds)
+    report = build_report(controller.storage, run_id, thresholds, [g.name for g in plan.groups])
     if options.report_path:
         write_html(report, options.report_path)
     if options.json_path:

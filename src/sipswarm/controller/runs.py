@@ -143,11 +143,13 @@ class RunManager:
 
     def aggregates(self, run_id: str) -> agg.RunAggregates:
         s = self.storage
+        run = self.runs.get(run_id)
         return agg.compute(
             s.call_records(run_id),
             s.metric_samples(run_id),
             s.outcome_records(run_id),
             s.registration_records(run_id),
+            [g.name for g in run.plan.groups] if run is not None else s.group_names(run_id),
         )
 
     def thresholds(self, run_id: str) -> list[ThresholdResult]:

@@ -522,6 +522,13 @@ class Storage:
                 point[key] = sum(n * v for n, v in have) / total if total else None
         return list(out.values())
 
+    def group_names(self, run_id: str) -> list[str]:
+        """The groups of a run's assigned endpoints."""
+        rows = self.db.execute(
+            "SELECT DISTINCT group_name FROM endpoints WHERE run_id = ?", (run_id,)
+        )
+        return sorted(r[0] for r in rows)
+
     def endpoints(self, run_id: str) -> list[dict[str, Any]]:
         rows = self.db.execute(
             "SELECT * FROM endpoints WHERE run_id = ? ORDER BY group_name, n", (run_id,)

@@ -6,6 +6,7 @@ draws a histogram. Both return an ``<svg>`` string, already escaped.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from html import escape
 
@@ -29,14 +30,33 @@ def _nice(v: float) -> str:
     return f"{v:.3g}"
 
 
-def _frame(title: str, y_label: str) -> list[str]:
-    return [
+def nice_ceiling(v: float) -> float:
+    """The smallest of 1, 2, 4, 5, 8 x 10^k at or above ``v``, so that the axis' quarter
+    ticks are round numbers (0.581 -> 0.8: ticks 0, 0.2, 0.4, 0.6, 0.8)."""
+    if v <= 0:
+        return 1.0
+    scale = 10.0 ** math.floor(math.log10(v))
+    for step in (1.0, 2.0, 4.0, 5.0, 8.0, 10.0):
+        if v <= step * scale * (1 + 1e-9):
+            return step * scale
+    return 10.0 * scale
+
+
+def _frame(title: str, y_label: str, x_label: str = "") -> list[str]:
+    parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" '
         f'width="{WIDTH}" height="{HEIGHT}" role="img" aria-label="{escape(title)}">',
         f'<text x="{MARGIN_L}" y="16" font-size="13" font-weight="bold">{escape(title)}</text>',
         f'<text x="12" y="{HEIGHT / 2}" font-size="11" transform="rotate(-90 12 {HEIGHT / 2})" '
         f'text-anchor="middle">{escape(y_label)}</text>',
     ]
+    if x_label:
+        middle = MARGIN_L + (WIDTH - MARGIN_L - MARGIN_R) / 2
+        parts.append(
+            f'<text x="{middle:.0f}" y="{HEIGHT - 4}" font-size="11" text-anchor="middle">'
+            f"{escape(x_label)}</text>"
+        )
+    return parts
 
 
 def _axes(parts: list[str], y_min: float, y_max: float, x_labels: Sequence[str]) -> None:
@@ -64,18 +84,30 @@ def _axes(parts: list[str], y_min: float, y_max: float, x_labels: Sequence[str])
         )
 
 
-def line_chart(title: str, y_label: str, series: Mapping[str, Sequence[Point]]) -> str:
-    """Series of ``(x seconds, y)`` points; missing samples simply are not points."""
+def line_chart(
+    title: str,
+    y_label: str,
+    series: Mapping[str, Sequence[Point]],
+    x_range: tuple[float, float] | None = None,
+    y_range: tuple[float, float] | None = None,
+    x_label: str = "",
+) -> str:
+    """Series of ``(x seconds, y)`` points; missing samples simply are not points.
+
+    ``x_range``: the run's time span, so that every chart of a report shares one time
+    axis; ``y_range``: a fixed scale (MOS 1-5), else 0 to a round value above the data.
+    """
     points = [p for pts in series.values() for p in pts]
-    parts = _frame(title, y_label)
+    parts = _frame(title, y_label, x_label)
     if not points:
         parts.append(f'<text x="{WIDTH / 2}" y="{HEIGHT / 2}" text-anchor="middle">no data</text>')
         return "".join(parts) + "</svg>"
-    x_min, x_max = min(p[0] for p in points), max(p[0] for p in points)
-    y_min = min(0.0, min(p[1] for p in points))
-    y_max = max(p[1] for p in points)
-    if y_max <= y_min:
-        y_max = y_min + 1.0
+    x_min, x_max = x_range or (min(p[0] for p in points), max(p[0] for p in points))
+    if y_range is not None:
+        y_min, y_max = y_range
+    else:
+        y_min = min(0.0, min(p[1] for p in points))
+        y_max = y_min + nice_ceiling(max(p[1] for p in points) - y_min)
     x_span = (x_max - x_min) or 1.0
     plot_w = WIDTH - MARGIN_L - MARGIN_R
     plot_h = HEIGHT - MARGIN_T - MARGIN_B
@@ -101,13 +133,15 @@ def line_chart(title: str, y_label: str, series: Mapping[str, Sequence[Point]]) 
     return "".join(parts) + "</svg>"
 
 
-def bar_chart(title: str, y_label: str, bars: Sequence[tuple[str, float]]) -> str:
+def bar_chart(
+    title: str, y_label: str, bars: Sequence[tuple[str, float]], x_label: str = ""
+) -> str:
     """One bar per ``(label, value)``, e.g. a histogram's bins."""
-    parts = _frame(title, y_label)
+    parts = _frame(title, y_label, x_label)
     if not bars:
         parts.append(f'<text x="{WIDTH / 2}" y="{HEIGHT / 2}" text-anchor="middle">no data</text>')
         return "".join(parts) + "</svg>"
-    y_max = max(v for _, v in bars) or 1.0
+    y_max = nice_ceiling(max(v for _, v in bars))
     plot_w = WIDTH - MARGIN_L - MARGIN_R
     plot_h = HEIGHT - MARGIN_T - MARGIN_B
     step = plot_w / len(bars)
