@@ -20,6 +20,17 @@ engine, started by this script) so that this process is measured alone, as
 when the far end is SIPp or a real system under test: N legs here send N x 50
 and receive N x 50 packets/s; the child's CPU is reported next to it.
 
+Pauses are measured where they come from: the process's garbage
+collections during the window (``gc.callbacks``: count and longest pause),
+the time it spent runnable but waiting for a CPU (``run_delay`` of
+``/proc/self/schedstat``: other processes or ksoftirqd on its core, in ms
+per second), and after the window the per-second housekeeping of every leg
+(``tick_second``: interval close and E-model) and one RTCP report build,
+timed in a loop over all legs. The process tunes its garbage collector as
+an engine shard does (``tune_gc``: freeze + thresholds 50,000/20/100);
+``--gc default`` keeps Python's defaults. ``--timer loop`` drives the media
+clock from the loop's ``call_later`` instead of the timerfd.
+
 ``--srtp`` keys every leg with SRTP/SRTCP (AES_CM_128_HMAC_SHA1_80, as
 SDES would, with fixed bench keys; the far end mirrors them): the
 difference to a run without it is libsrtp's cost per packet.
@@ -31,12 +42,14 @@ A benchmark, not a test: figures depend on what else runs on the machine.
     python bench/rtp_streams.py --streams 250,500,1000,1500,2000 --seconds 10
     python bench/rtp_streams.py --streams 250,500,1000,1500,2000 --seconds 10 --far-end process
     python bench/rtp_streams.py --streams 500,1000 --seconds 10 --srtp
+    python bench/rtp_streams.py --streams 1000 --seconds 10 --gc default --timer loop
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import random
@@ -49,6 +62,8 @@ from typing import Any
 
 import psutil
 
+from sipswarm.agent.shard_process import tune_gc
+from sipswarm.engine.media_clock import TimerKind
 from sipswarm.engine.media_engine import MediaEngine
 from sipswarm.engine.rtp_session import RtpSession
 from sipswarm.engine.srtp import SrtpContext
@@ -75,6 +90,7 @@ class Result:
     sent: int
     received: int
     lost: int
+    pauses: Pauses
     far_cpu_pct: float | None = None
 
     def row(self) -> str:
@@ -89,7 +105,7 @@ class Result:
             f"({self.user_us:.1f} + {self.sys_us:.1f}) | {f(self.lateness_p50_ms)} | "
             f"{f(self.lateness_p99_ms)} | {f(self.lateness_max_ms)} | "
             f"{f(self.loop_lag_p99_ms)} | {self.skipped_ticks} | {self.sent} | "
-            f"{self.received} | {self.lost} |"
+            f"{self.received} | {self.lost} | {self.pauses.cells()} |"
         )
 
 
@@ -97,9 +113,75 @@ HEADER = (
     "| streams | CPU % of one core | far end CPU % | machine busy % (200 = 2 cores) | "
     "CPU % per stream | CPU µs per packet (user + sys) | "
     "lateness p50 ms | lateness p99 ms | lateness max ms | loop lag p99 ms | skipped ticks | "
-    "packets sent | packets received | lost |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "packets sent | packets received | lost | "
+    "load avg (1 min) | GC collections (longest ms) | waiting for a CPU ms/s | "
+    "housekeeping µs per leg-second | RTCP report build µs |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
+
+
+@dataclass
+class Pauses:
+    """Where a process's pauses can come from, over one measured window."""
+
+    load: float
+    gc_collections: int
+    gc_max_ms: float
+    run_delay_ms_per_s: float
+    housekeeping_us: float
+    rtcp_build_us: float
+
+    def cells(self) -> str:
+        return (
+            f"{self.load:.2f} | {self.gc_collections} ({self.gc_max_ms:.2f}) | "
+            f"{self.run_delay_ms_per_s:.1f} | {self.housekeeping_us:.1f} | "
+            f"{self.rtcp_build_us:.1f}"
+        )
+
+
+class GcPauses:
+    """Garbage collections and their durations while registered (``gc.callbacks``)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.longest = 0.0
+        self._start = 0.0
+
+    def __enter__(self) -> GcPauses:
+        gc.callbacks.append(self._on_gc)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+            return
+        self.count += 1
+        self.longest = max(self.longest, time.perf_counter() - self._start)
+
+
+def _run_delay() -> float:
+    """Seconds this process has spent runnable but waiting for a CPU (Linux schedstat)."""
+    try:
+        with open("/proc/self/schedstat", encoding="ascii") as fh:
+            return int(fh.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def _housekeeping_cost(legs: list[RtpSession]) -> tuple[float, float]:
+    """µs per leg of the per-second chore and of building one RTCP report (no send)."""
+    now = time.monotonic()
+    t0 = time.perf_counter()
+    for s in legs:
+        s.tick_second(now)
+    t1 = time.perf_counter()
+    for s in legs:
+        s.rtcp.build_report()
+    t2 = time.perf_counter()
+    return 1e6 * (t1 - t0) / len(legs), 1e6 * (t2 - t1) / len(legs)
 
 
 def _machine_busy() -> float:
@@ -122,8 +204,12 @@ def srtp_for(near: bool) -> SrtpContext | None:
     return SrtpContext(SdesKeys(SUITES["AES_CM_128_HMAC_SHA1_80"], mine, theirs, 1))
 
 
+#: ``--timer``: set once by main before any engine starts.
+TIMER: list[TimerKind] = ["auto"]
+
+
 async def open_legs(n: int, port_range: tuple[int, int]) -> tuple[MediaEngine, list[RtpSession]]:
-    engine = MediaEngine(port_range, rand=random.Random(n))
+    engine = MediaEngine(port_range, rand=random.Random(n), timer=TIMER[0])
     engine.start()
     codec = codec_by_name("PCMU")
     source = get_source("tone", {"frequency_hz": 1000}, codec, 20)
@@ -153,10 +239,12 @@ class FarEnd:
     sending, drains and prints per-leg ``sent``/``received`` and its CPU.
     """
 
-    def __init__(self, n: int, port_range: tuple[int, int], loop_kind: str) -> None:
+    def __init__(self, n: int, port_range: tuple[int, int], loop_kind: str, gc_kind: str) -> None:
         args = [sys.executable, os.path.abspath(__file__), "--serve-far-end", str(n)]
         args += ["--port-range", f"{port_range[0]}-{port_range[1]}"]
-        args += ["--loop", loop_kind] + (["--srtp"] if SRTP_ON[0] else [])
+        args += ["--loop", loop_kind, "--timer", TIMER[0], "--gc", gc_kind] + (
+            ["--srtp"] if SRTP_ON[0] else []
+        )
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
     async def _line(self) -> Any:
@@ -184,9 +272,11 @@ class FarEnd:
         return result
 
 
-async def serve_far_end(n: int, port_range: tuple[int, int]) -> None:
+async def serve_far_end(n: int, port_range: tuple[int, int], gc_tuned: bool) -> None:
     """The child side of :class:`FarEnd`."""
     engine, legs = await open_legs(n, port_range)
+    if gc_tuned:
+        tune_gc()
     loop = asyncio.get_running_loop()
     print(json.dumps([s.local_port for s in legs]), flush=True)
     peers = json.loads(await loop.run_in_executor(None, sys.stdin.readline))
@@ -208,7 +298,7 @@ async def serve_far_end(n: int, port_range: tuple[int, int]) -> None:
 
 
 async def run_one(
-    n: int, seconds: float, port_range: tuple[int, int], far: FarEnd | None
+    n: int, seconds: float, port_range: tuple[int, int], far: FarEnd | None, gc_tuned: bool
 ) -> Result:
     """Open ``n`` legs (in pairs, or each with a far-end leg), run them, measure, close."""
     engine, legs = await open_legs(n, port_range)
@@ -222,16 +312,21 @@ async def run_one(
         far.start([s.local_port for s in legs])
         for s, port in zip(legs, far_ports, strict=True):
             s.start((LOCAL, port), (LOCAL, port + 1), srtp=srtp_for(near=True))
+    if gc_tuned:
+        tune_gc()  # as an engine shard does once its endpoints are built
     await asyncio.sleep(1.0)  # warm-up: every stream in its slot
     engine.take_clock_stats()
     sent0 = sum(s.send_stats.packets_sent for s in legs)
     recv0 = sum(s.recv_stats.packets_received for s in legs)
-    cpu0, wall0, busy0 = os.times(), time.monotonic(), _machine_busy()
-    await asyncio.sleep(seconds)
-    cpu1, wall1, busy1 = os.times(), time.monotonic(), _machine_busy()
+    load = os.getloadavg()[0]
+    cpu0, wall0, busy0, delay0 = os.times(), time.monotonic(), _machine_busy(), _run_delay()
+    with GcPauses() as gc_pauses:
+        await asyncio.sleep(seconds)
+    cpu1, wall1, busy1, delay1 = os.times(), time.monotonic(), _machine_busy(), _run_delay()
     sent1 = sum(s.send_stats.packets_sent for s in legs)
     recv1 = sum(s.recv_stats.packets_received for s in legs)
     clock = engine.take_clock_stats()
+    housekeeping_us, rtcp_us = _housekeeping_cost(legs)
     for s in legs:
         s.set_sending(False)
     lost, far_cpu = 0, None
@@ -267,6 +362,14 @@ async def run_one(
         sent=sent1 - sent0,
         received=recv1 - recv0,
         lost=lost,
+        pauses=Pauses(
+            load=load,
+            gc_collections=gc_pauses.count,
+            gc_max_ms=1000 * gc_pauses.longest,
+            run_delay_ms_per_s=1000 * (delay1 - delay0) / wall,
+            housekeeping_us=housekeeping_us,
+            rtcp_build_us=rtcp_us,
+        ),
         far_cpu_pct=far_cpu,
     )
 
@@ -285,6 +388,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--serve-far-end", type=int, metavar="N", help=argparse.SUPPRESS)
     p.add_argument("--srtp", action="store_true", help="SRTP/SRTCP on every leg (SDES-like)")
+    p.add_argument(
+        "--gc",
+        choices=["tuned", "default"],
+        default="tuned",
+        help="tune the garbage collector as an engine shard does (default) or keep Python's",
+    )
+    p.add_argument(
+        "--timer",
+        choices=["auto", "timerfd", "loop"],
+        default="auto",
+        help="what wakes the media clock (auto: timerfd where available)",
+    )
     p.add_argument("--output", help="write the markdown table to this file")
     return p.parse_args(argv)
 
@@ -292,6 +407,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     SRTP_ON[0] = args.srtp
+    TIMER[0] = args.timer
     low, high = (int(x) for x in args.port_range.split("-"))
     counts = [int(x) for x in args.streams.split(",")]
     runner: Callable[[Coroutine[Any, Any, Any]], Any] = asyncio.run
@@ -300,13 +416,14 @@ def main(argv: list[str] | None = None) -> int:
 
         runner = uvloop.run
     if args.serve_far_end is not None:
-        runner(serve_far_end(args.serve_far_end, (low, high)))
+        runner(serve_far_end(args.serve_far_end, (low, high), args.gc == "tuned"))
         return 0
     mid = low + (high - low) // 2
     ours = (low, mid) if args.far_end == "process" else (low, high)
     lines = [
         f"`{' '.join(['python', 'bench/rtp_streams.py', *sys.argv[1:]])}` "
-        f"({args.loop}, far end {args.far_end}, {os.cpu_count()} CPUs, "
+        f"({args.loop}, far end {args.far_end}, GC {args.gc}, timer {args.timer}, "
+        f"{os.cpu_count()} CPUs, "
         f"load average before: "
         f"{', '.join(f'{x:.2f}' for x in os.getloadavg())})",
         "",
@@ -316,8 +433,8 @@ def main(argv: list[str] | None = None) -> int:
     for n in counts:
         far = None
         if args.far_end == "process":
-            far = FarEnd(n, (mid + 2, high), args.loop)
-        result = runner(run_one(n, args.seconds, ours, far))
+            far = FarEnd(n, (mid + 2, high), args.loop, args.gc)
+        result = runner(run_one(n, args.seconds, ours, far, args.gc == "tuned"))
         lines.append(result.row())
         print(result.row(), flush=True)
     if args.output:

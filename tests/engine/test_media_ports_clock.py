@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import socket
 import time
 
 import pytest
 
-from sipswarm.engine.media_clock import BUCKET_S, LatencyHistogram, MediaClock
+from sipswarm.engine.media_clock import BUCKET_S, LatencyHistogram, MediaClock, TimerKind
 from sipswarm.engine.ports import PortPool
 from sipswarm.errors import ConfigError, ResourceError
 
@@ -84,10 +85,11 @@ def test_histogram_percentiles() -> None:
     assert h.max == 0.005
 
 
-def test_clock_spreads_streams_over_slots_and_keeps_the_pace() -> None:
+@pytest.mark.parametrize("timer", ["timerfd", "loop"])
+def test_clock_spreads_streams_over_slots_and_keeps_the_pace(timer: TimerKind) -> None:
     async def run() -> None:
         loop = asyncio.get_running_loop()
-        clock = MediaClock(loop)
+        clock = MediaClock(loop, timer=timer)
         calls: dict[int, list[float]] = {i: [] for i in range(100)}
         callbacks = [lambda due, i=i: calls[i].append(due) for i in range(100)]
         for cb in callbacks:
@@ -99,6 +101,7 @@ def test_clock_spreads_streams_over_slots_and_keeps_the_pace() -> None:
         assert sorted(len(s) for s in clock._wheels[20].slots) == [5] * 20
         start = time.monotonic()
         clock.start()
+        assert clock.timer == timer
         await asyncio.sleep(0.5)
         clock.remove(callbacks[0])
         n0 = len(calls[0])
@@ -121,21 +124,22 @@ def test_clock_spreads_streams_over_slots_and_keeps_the_pace() -> None:
     asyncio.run(run())
 
 
-def test_clock_sleeps_while_empty_and_wakes_on_the_same_grid() -> None:
+@pytest.mark.parametrize("timer", ["timerfd", "loop"])
+def test_clock_sleeps_while_empty_and_wakes_on_the_same_grid(timer: TimerKind) -> None:
     async def run() -> None:
         loop = asyncio.get_running_loop()
-        clock = MediaClock(loop)
+        clock = MediaClock(loop, timer=timer)
         clock.start()
         await asyncio.sleep(0.05)
         # nothing registered: the first tick found no work and the timer was not re-armed
-        assert clock._handle is None
+        assert not clock.armed
         assert clock.take_stats()[1].count <= 1
         dues: list[float] = []
         clock.add(dues.append, 20)
         await asyncio.sleep(0.1)
         clock.remove(dues.append)
         await asyncio.sleep(0.03)
-        assert clock._handle is None
+        assert not clock.armed
         lateness, _lag, skipped = clock.take_stats()
         assert lateness.count == len(dues)
         assert skipped == 0  # the idle spell is not counted as skipped ticks
@@ -162,5 +166,34 @@ def test_wheel_placement_fills_evenly_and_refills_holes() -> None:
         for i in range(10):
             clock.add_chore(lambda due, i=i: None, 1000)
         assert {len(s) for s in clock._chores[1000].slots} == {2}
+
+    asyncio.run(run())
+
+
+def test_timerfd_clock_never_sends_before_the_schedule_and_closes_its_descriptor() -> None:
+    async def run() -> None:
+        clock = MediaClock(asyncio.get_running_loop(), timer="timerfd")
+        early: list[float] = []
+        clock.add(lambda due: early.append(due - time.monotonic()), 2)
+        clock.start()
+        assert clock._tfd is not None
+        fd = clock._tfd.fd
+        await asyncio.sleep(0.1)
+        clock.stop()
+        assert len(early) >= 20
+        # the kernel wakes the loop after the deadline: nothing goes out before its time
+        # (the loop timer's fallback runs a tick up to half a tick early)
+        assert max(early) <= 10e-6
+        assert clock.timer == "loop" and not clock.armed
+        with pytest.raises(OSError):
+            os.fstat(fd)
+
+    asyncio.run(run())
+
+
+def test_clock_refuses_an_unknown_timer() -> None:
+    async def run() -> None:
+        with pytest.raises(ConfigError, match="timerfd or loop"):
+            MediaClock(asyncio.get_running_loop(), timer="select")  # type: ignore[arg-type]
 
     asyncio.run(run())

@@ -28,7 +28,7 @@ import asyncio
 import random
 from dataclasses import dataclass
 
-from sipswarm.engine.media_clock import MediaClock
+from sipswarm.engine.media_clock import MediaClock, TimerKind
 from sipswarm.engine.ports import PortPool
 from sipswarm.engine.rtp_session import FrameSource, MediaCodec, RtpSession
 from sipswarm.errors import ConfigError
@@ -67,10 +67,11 @@ class MediaEngine:
         rand: random.Random | None = None,
         cname: str | None = None,
         tick: float = 0.001,
+        timer: TimerKind = "auto",
     ) -> None:
         self._loop = loop or asyncio.get_running_loop()
         self.pool = PortPool(port_range[0], port_range[1], host)
-        self.clock = MediaClock(self._loop, tick=tick)
+        self.clock = MediaClock(self._loop, tick=tick, timer=timer)
         self._rand = rand or random.Random()
         self.cname = cname or f"sipswarm-{self._rand.getrandbits(32):08x}@{host}"
         self.sessions: set[RtpSession] = set()
