@@ -183,3 +183,32 @@ def test_tls_options_travel_as_an_extra_field() -> None:
     reg = assign_json(assign, plan)["endpoints"][0]["registrar"]
     assert reg["transport"] == "tls"
     assert reg["tls"] == {"verify": False, "server_name": "sbc.test", "ca_file": "/etc/ca.pem"}
+
+
+def test_callers_are_dealt_to_receivers_once_per_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Dealing was redone for every receiver's assign entry (expected_calls) and again for
+    # the callers: O(receivers^2 x callers), 33 s of blocked event loop at 1,000 + 1,000.
+    deals = 0
+    original = Dispatch._deal_callers
+
+    def counting(self: Dispatch) -> dict:
+        nonlocal deals
+        deals += 1
+        return original(self)
+
+    monkeypatch.setattr(Dispatch, "_deal_callers", counting)
+    plan = load_plan(
+        "groups:\n"
+        '  - {name: rx, size: 40, role: receiver, accounts: {user: "{200..239}"}}\n'
+        '  - {name: tx, size: 90, role: caller, target: rx, accounts: {user: "{1000..1089}"}}\n'
+    )
+    d = Dispatch(plan, "r-1", allocate(plan, "r-1", [WorkerSlot("w1", 200)]))
+    ((_, assign),) = d.receiver_assigns(0)
+    for r in d.receivers:
+        d.receive_phase(r.endpoint_id, Phase.REGISTERED, f"sip:{r.n}@127.0.0.1:{5000 + r.n}")
+    callers, unreachable = d.caller_assigns(0)
+    assert deals == 1 and unreachable == []
+    # 90 callers over 40 receivers: the first 10 receivers expect 3 calls, the others 2
+    expected = [e.call.expected_calls for e in assign.endpoints]  # type: ignore[union-attr]
+    assert expected == [3] * 10 + [2] * 30
+    assert sum(len(a.endpoints) for _, a in callers) == 90

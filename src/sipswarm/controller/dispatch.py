@@ -40,6 +40,7 @@ are counted from 0 within each phase.
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -241,6 +242,8 @@ class Dispatch:
     contacts: dict[str, str] = field(default_factory=dict)
     phases: dict[str, Phase] = field(default_factory=dict)  # latest phase of each endpoint
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    _planned: dict[str, Placed] = field(init=False)
+    _expected: Counter[str] = field(init=False)
 
     def __post_init__(self) -> None:
         self.receivers = _with_offsets(
@@ -249,6 +252,11 @@ class Dispatch:
         self.callers = _with_offsets(
             [p for p in self.placed if p.group.role == "caller"], self.plan
         )
+        # Placement is fixed from here on: deal callers to receivers once (this was
+        # recomputed for every receiver, O(receivers^2 x callers): 33 s of blocked event
+        # loop for 1,000 + 1,000 endpoints).
+        self._planned = self._deal_callers()
+        self._expected = Counter(r.endpoint_id for r in self._planned.values())
 
     def receiver_assigns(self, start_at_ms: int) -> list[tuple[str, Assign]]:
         """``(worker_id, assign)`` for the receivers; call once, at run start."""
@@ -292,13 +300,19 @@ class Dispatch:
     def planned_receivers(self) -> dict[str, Placed]:
         """caller endpoint id -> the receiver it is planned to call: callers targeting a
         group, in endpoint order, are dealt round-robin over the group's receivers."""
+        return dict(self._planned)
+
+    def _deal_callers(self) -> dict[str, Placed]:
+        by_group: dict[str, list[Placed]] = {}
+        for r in self.receivers:
+            by_group.setdefault(r.group.name, []).append(r)
         out: dict[str, Placed] = {}
         dealt: dict[str, int] = {}
         for c in self.callers:
             name = c.group.target_group
             if c.group.target_uri is not None or name is None:
                 continue
-            mine = [r for r in self.receivers if r.group.name == name]
+            mine = by_group.get(name)
             if mine:
                 k = dealt.get(name, 0)
                 dealt[name] = k + 1
@@ -307,8 +321,7 @@ class Dispatch:
 
     def expected_calls(self, receiver_id: str) -> int | None:
         """How many callers are planned to call ``receiver_id``; None when none is."""
-        n = sum(1 for r in self.planned_receivers().values() if r.endpoint_id == receiver_id)
-        return n or None
+        return self._expected.get(receiver_id) or None
 
     def get_timer(self) -> int | None:
         """When the registration window ends (ms), or None before receivers start."""
@@ -330,7 +343,7 @@ class Dispatch:
         """``([(worker_id, assign)], unreachable)`` for the callers; call once, when due."""
         targets: dict[str, str] = {}
         unreachable = []
-        planned = self.planned_receivers()
+        planned = self._planned
         pools: dict[str, dict[str, str]] = {}
         for c in self.callers:
             if c.group.target_uri is not None:
