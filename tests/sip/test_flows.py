@@ -287,6 +287,25 @@ def test_cancel_before_provisional_waits_for_it() -> None:
     assert header(cancel, "CSeq") == "1 CANCEL"
 
 
+def test_407_after_ring_timeout_ends_the_call_locally_without_retry() -> None:
+    # Seen at 1000 cps on a starved shard: the 407 was read 13 s late, after the ring
+    # timeout; it ends the INVITE we gave up on (RFC 3261 9.1), no credentials are sent.
+    a = make_stack(5001, "a")
+    out = a.invite("alice", ACC, "sip:2000@127.0.0.1:5099", OFFER, 0.0, ring_timeout=10.0)
+    ((invite, _),) = a.messages_to_send()
+    advance(a, 10.0)
+    a.messages_to_send()  # Timer A retransmissions of the INVITE
+    a.events_received()
+    assert out.cancel_reason == "ring timeout"
+    a.receive_message(
+        reply(invite, 407, "Proxy Auth", to_tag="px", extra=challenge(407)), REG, 12.9
+    )
+    (ack,) = (d for d, _ in a.messages_to_send())
+    assert start_line(ack).startswith("ACK ") and header(ack, "CSeq") == "1 ACK"
+    (failed,) = a.events_received()
+    assert isinstance(failed, CallFailed) and (failed.code, failed.by) == (407, "local")
+
+
 def test_answer_after_cancel_is_acked_and_hung_up() -> None:
     a = make_stack(5001, "a")
     out = a.invite("alice", ACC, "sip:2000@127.0.0.1:5099", OFFER, 0.0)

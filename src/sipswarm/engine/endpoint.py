@@ -426,11 +426,13 @@ class Endpoint:
         now = self.host.loop.time()
         self._final_ts = self._final_ts or now
         code = ev.code
-        if self.cancelled and code in (487, 603):
+        given_up = ev.call.cancel_reason is not None  # a late final response ends it
+        if self.cancelled and (code in (487, 603) or given_up):
             self.fail(Outcome.CANCELLED, self.result.reason or "cancelled", code)
-        elif ev.call.direction == "out" and code == 487:
+        elif ev.call.direction == "out" and (code == 487 or given_up):
             why = f"no answer within ring_timeout_s {self.call_spec.ring_timeout_s:g} s"
-            self.fail(Outcome.TIMEOUT, f"{why} (CANCEL sent, 487)", code)
+            how = "CANCEL sent, 487" if code == 487 else f"then {code} {ev.reason}".strip()
+            self.fail(Outcome.TIMEOUT, f"{why} ({how})", code)
         elif ev.call.direction == "in" and ev.by == "remote":
             self.fail(Outcome.CALL_FAILED, f"caller cancelled the call ({code})", code)
         else:  # fail() keeps an earlier, worse outcome (e.g. our own 488)
@@ -468,8 +470,9 @@ class Endpoint:
         self._stop_media()
         if call.invite_ts is not None:  # docs/protocol.md: results of a late generator
             overload = self.host.generator_overload(call.invite_ts, self.host.loop.time())
-            if overload is not None:
-                self.fail(Outcome.COMPLETED_WITH_WARNINGS, overload)
+            taken = overload is None or self.result.offer(Outcome.COMPLETED_WITH_WARNINGS, overload)
+            if not taken:  # a worse outcome stands: say that the generator was late too
+                self.result.reason = f"{self.result.reason}; {overload}"
         self.host.emit(
             call_item(
                 call,

@@ -86,6 +86,9 @@ class Call:
     bye_ts: float | None = None
     final_code: int | None = None
     reason: str = ""
+    # Why we gave up on our INVITE (``cancel``'s reason, e.g. "ring timeout"); None if we
+    # did not. A final response that ends such an INVITE ends the call ``by="local"``.
+    cancel_reason: str | None = None
     ended_by: Literal["local", "remote"] | None = None
     local_sdp: bytes = b""
     remote_sdp: bytes = b""

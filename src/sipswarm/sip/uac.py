@@ -73,6 +73,7 @@ class UacCall(Session):
         self.check("cancel")
         self.go(C.CANCELLING)
         self.reason = reason
+        self.cancel_reason = reason
         self._cancelled = True
         self.core.timers.cancel(self, "ring")
         if self._provisional_seen:
@@ -147,8 +148,11 @@ class UacCall(Session):
             if retry is not None:
                 self._send_invite(*retry, now)
                 return
-        if self._cancelled and msg.status == 487:
-            self.fail(487, msg.reason, "local")
+        if self._cancelled:
+            # RFC 3261 9.1: any final response ends the INVITE we had given up on, a
+            # 401/407 included (not answered: we no longer want the call). We ended it:
+            # under overload a 407 read seconds late, after the ring timeout, is ours.
+            self.fail(msg.status, msg.reason, "local")
         else:
             self.fail(msg.status, msg.reason, "remote")
 
