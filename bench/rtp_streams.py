@@ -63,7 +63,7 @@ from typing import Any
 import psutil
 
 from sipswarm.agent.shard_process import tune_gc
-from sipswarm.engine.media_clock import TimerKind
+from sipswarm.engine.media_clock import BUCKET_S, LatencyHistogram, TimerKind
 from sipswarm.engine.media_engine import MediaEngine
 from sipswarm.engine.rtp_session import RtpSession
 from sipswarm.engine.srtp import SrtpContext
@@ -90,6 +90,7 @@ class Result:
     sent: int
     received: int
     lost: int
+    late_shares: str
     pauses: Pauses
     far_cpu_pct: float | None = None
 
@@ -105,7 +106,7 @@ class Result:
             f"({self.user_us:.1f} + {self.sys_us:.1f}) | {f(self.lateness_p50_ms)} | "
             f"{f(self.lateness_p99_ms)} | {f(self.lateness_max_ms)} | "
             f"{f(self.loop_lag_p99_ms)} | {self.skipped_ticks} | {self.sent} | "
-            f"{self.received} | {self.lost} | {self.pauses.cells()} |"
+            f"{self.received} | {self.lost} | {self.late_shares} | {self.pauses.cells()} |"
         )
 
 
@@ -113,10 +114,10 @@ HEADER = (
     "| streams | CPU % of one core | far end CPU % | machine busy % (200 = 2 cores) | "
     "CPU % per stream | CPU µs per packet (user + sys) | "
     "lateness p50 ms | lateness p99 ms | lateness max ms | loop lag p99 ms | skipped ticks | "
-    "packets sent | packets received | lost | "
+    "packets sent | packets received | lost | sends late ≥ 1 / 2 / 5 ms (%) | "
     "load avg (1 min) | GC collections (longest ms) | waiting for a CPU ms/s | "
     "housekeeping µs per leg-second | RTCP report build µs |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -160,6 +161,16 @@ class GcPauses:
             return
         self.count += 1
         self.longest = max(self.longest, time.perf_counter() - self._start)
+
+
+def _late_shares(hist: LatencyHistogram) -> str:
+    """The lateness histogram in three figures: % of sends at least 1, 2 and 5 ms late."""
+    total = max(hist.count, 1)
+    shares = []
+    for ms in (1, 2, 5):
+        first = round(ms * 1e-3 / BUCKET_S)
+        shares.append(100 * sum(hist.counts[first:]) / total)
+    return " / ".join(f"{x:.2f}" for x in shares)
 
 
 def _run_delay() -> float:
@@ -325,6 +336,7 @@ async def run_one(
     cpu1, wall1, busy1, delay1 = os.times(), time.monotonic(), _machine_busy(), _run_delay()
     sent1 = sum(s.send_stats.packets_sent for s in legs)
     recv1 = sum(s.recv_stats.packets_received for s in legs)
+    late_shares = _late_shares(engine.clock.lateness)
     clock = engine.take_clock_stats()
     housekeeping_us, rtcp_us = _housekeeping_cost(legs)
     for s in legs:
@@ -362,6 +374,7 @@ async def run_one(
         sent=sent1 - sent0,
         received=recv1 - recv0,
         lost=lost,
+        late_shares=late_shares,
         pauses=Pauses(
             load=load,
             gc_collections=gc_pauses.count,
