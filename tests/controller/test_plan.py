@@ -328,3 +328,34 @@ def test_threshold_on_a_group_not_in_the_plan() -> None:
 def test_unknown_field_suggests_the_closest_name(old: str, new: str, path: str, guess: str) -> None:
     issues = _plan_issues(GOOD.replace(old, new))
     assert any(path in i and f"did you mean `{guess}`?" in i for i in issues), issues
+
+
+BUSY = """\
+groups:
+  - {name: rx, size: 2, role: receiver, accounts: {user: "{200..201}"},
+     call: {duration_s: 3, answer_delay_ms: ANSWER}}
+  - {name: tx, size: 4, role: caller, target: rx, accounts: {user: "{100..103}"},
+     call: {duration_s: 3, ring_timeout_s: 4}}
+buildup: {rate_per_s: RATE}
+"""
+
+
+def test_calls_sure_to_fail_are_warned_about() -> None:
+    # 4 callers dealt over 2 receivers at 10/s: tx/2 dials rx/0 0.2 s after tx/0, while
+    # rx/0 is still in tx/0's call (measured: 486 Busy Here). Valid (a busy test is
+    # legitimate) but said before the run starts, with the rate that would work.
+    plan = load_plan(BUSY.replace("ANSWER", "500").replace("RATE", "10"))
+    (warning,) = plan.warnings
+    assert warning == (
+        "buildup: callers of 'tx' reach receiver rx/0 0.2 s apart, but a call holds a receiver"
+        " 4.5 s (ringing + call + 1 s): its next call would get 486 Busy Here. 4 callers share"
+        " 2 receivers; slow the buildup (rate_per_s at most 0.444), shorten call.duration_s or"
+        " add receivers"
+    )
+    assert load_plan(BUSY.replace("ANSWER", "500").replace("RATE", "0.4")).warnings == ()
+    # ringing longer than the caller waits: every call is cancelled (measured: 487)
+    late = load_plan(BUSY.replace("ANSWER", "5000").replace("RATE", "0.1"))
+    assert late.warnings == (
+        "group 'tx': call.ring_timeout_s 4 ends before 'rx' answers (answer_delay_ms 5000):"
+        " every call will be cancelled (487)",
+    )

@@ -138,6 +138,8 @@ def main(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"sipswarm run: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    for warning in setup.plan.warnings:
+        print(f"sipswarm run: warning: {warning}", file=sys.stderr)
     with open(setup.log_path, "ab") as log_file:
         handler = logging.StreamHandler(_text(log_file))
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sipswarm.controller.plan import Group, Plan
+from sipswarm.controller.spacing import buildup_offsets
 from sipswarm.errors import ResourceError
 from sipswarm.protocol.enums import Phase
 from sipswarm.protocol.models import (
@@ -100,14 +101,6 @@ def group_of(endpoint_id_: str) -> str:
     """The group name inside an endpoint id made by :func:`endpoint_id`."""
     parts = endpoint_id_.split("/")
     return parts[-2] if len(parts) >= 3 else ""
-
-
-def buildup_offsets(count: int, rate_per_s: float | None, total_s: float | None) -> list[int]:
-    """Start offsets (ms): ``rate_per_s`` apart, or ``count`` spread over ``total_s``."""
-    if count <= 0:
-        return []
-    step = 1000.0 / rate_per_s if rate_per_s is not None else (total_s or 0.0) * 1000.0 / count
-    return [int(i * step) for i in range(count)]
 
 
 def quotas(count: int, workers: Sequence[WorkerSlot]) -> dict[str, int]:

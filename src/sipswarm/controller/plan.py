@@ -11,6 +11,7 @@ then hand the :class:`Plan` to the run manager.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from pydantic import ValidationError
 
 from sipswarm.controller import plan_schema as schema
 from sipswarm.controller.accounts import Account, AccountsError, expand_pattern, read_csv
+from sipswarm.controller.spacing import overlapping_calls
 from sipswarm.controller.thresholds import Threshold, parse_threshold
 from sipswarm.controller.yamlpos import Path as DataPath
 from sipswarm.controller.yamlpos import format_path, line_of, load_with_lines
@@ -120,6 +122,7 @@ class Plan:
     thresholds: tuple[Threshold, ...]
     media_files: dict[str, MediaFile] = field(default_factory=dict)
     source_text: str = ""
+    warnings: tuple[str, ...] = ()  # valid, but calls will fail: see plan_warnings()
 
     @property
     def total_endpoints(self) -> int:
@@ -155,7 +158,25 @@ def load_plan(text: str, base_dir: Path | None = None, source: str = "<plan>") -
     plan = builder.build(text)
     if builder.issues:
         raise PlanError(source, builder.issues)
-    return plan
+    return dataclasses.replace(plan, warnings=tuple(plan_warnings(plan)))
+
+
+def plan_warnings(plan: Plan) -> list[str]:
+    """What will make calls fail although the plan is valid; not errors, because a test
+    of busy (486) or cancelled (487) calls is a test someone may want to run."""
+    out = []
+    overlap = overlapping_calls(plan)
+    if overlap is not None:
+        out.append(f"buildup: {overlap}")
+    for g in plan.groups:
+        target = plan.group(g.target_group) if g.target_group else None
+        if target is not None and target.call.answer_delay_ms / 1000 >= g.call.ring_timeout_s:
+            out.append(
+                f"group {g.name!r}: call.ring_timeout_s {g.call.ring_timeout_s:g} ends before "
+                f"{target.name!r} answers (answer_delay_ms {target.call.answer_delay_ms}):"
+                " every call will be cancelled (487)"
+            )
+    return out
 
 
 def _issue_from(err: Any, data: Any, lines: dict[DataPath, int]) -> PlanIssue:

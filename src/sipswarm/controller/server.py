@@ -174,7 +174,8 @@ class Controller:
         except ConfigError as exc:
             return error(400, str(exc))
         run_id = await self.runs.submit(plan)
-        return Reply(201, self._run_view(run_id, aggregates=False))
+        view = self._run_view(run_id, aggregates=False)
+        return Reply(201, {**view, "warnings": list(plan.warnings)})
 
     async def _list_runs(self, req: Request) -> Reply:
         return Reply(200, {"runs": self.storage.runs()})
