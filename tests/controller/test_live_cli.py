@@ -79,6 +79,12 @@ def test_report_writers_on_an_empty_run(tmp_path: Path) -> None:
     write_html(report, tmp_path / "r.html")
     data = json.loads((tmp_path / "r.json").read_text())
     assert data["status"] == "PENDING" and data["aggregates"]["overall"]["calls_attempted"] == 0
+    # the keys docs/plan.md "Results" documents, no more, no fewer
+    assert set(data) == {
+        "run_id", "name", "status", "reason", "timeline", "aggregates", "thresholds", "series",
+        "pdd_histogram", "failed_endpoints", "failed_endpoints_total", "assignments", "plan",
+    }  # fmt: skip
+    assert data["plan"] == "groups: []"
     assert "no data" in (tmp_path / "r.html").read_text()
 
 

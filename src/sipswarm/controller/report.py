@@ -79,6 +79,7 @@ def build_report(
         ],
         "failed_endpoints_total": len(failed),
         "assignments": storage.assignments(run_id),
+        "plan": run.get("plan"),
     }
 
 
