@@ -174,3 +174,28 @@ def test_pdd_histogram_counts_placed_calls_once() -> None:
     bins = build_report(db, "r-8")["pdd_histogram"]
     # the receiver's side of the same call is not a second dial (and its "PDD" is ~1 ms)
     assert sum(b["count"] for b in bins) == 1 and bins[0]["from"] <= 120.0 <= bins[-1]["to"]
+
+
+def test_terminal_echo_is_off_while_the_panel_is_drawn() -> None:
+    import os
+    import pty
+    import termios
+
+    from sipswarm.controller.live import quiet_terminal
+
+    master, slave = pty.openpty()
+    try:
+        before = termios.tcgetattr(slave)[3]
+        assert before & termios.ECHO and before & termios.ECHOCTL
+        with quiet_terminal(slave):
+            during = termios.tcgetattr(slave)[3]
+            # a Ctrl-C's "^C" echo moved the cursor under rich: a stale panel line stayed
+            assert not during & termios.ECHO and not during & termios.ECHOCTL
+        assert termios.tcgetattr(slave)[3] == before
+        null = os.open(os.devnull, os.O_RDONLY)
+        with quiet_terminal(null):  # not a tty: nothing to do
+            pass
+        os.close(null)
+    finally:
+        os.close(master)
+        os.close(slave)

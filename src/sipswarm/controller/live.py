@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-from collections.abc import Callable
+import termios
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any, TextIO
 
@@ -77,6 +78,25 @@ def render(s: Snapshot) -> Panel:
     return Panel(body, title=title, subtitle=s["reason"] or None)
 
 
+@contextlib.contextmanager
+def quiet_terminal(fd: int) -> Iterator[None]:
+    """No echo on terminal ``fd`` while the panel is drawn: the ``^C`` of a Ctrl-C (or
+    keys typed) would move the cursor under rich, which then redraws the panel below a
+    stale copy of its top line. Restored on exit; a no-op when ``fd`` is not a tty."""
+    try:
+        saved = termios.tcgetattr(fd)
+    except (termios.error, OSError, ValueError):
+        yield
+        return
+    quiet = list(saved)
+    quiet[3] &= ~(termios.ECHO | termios.ECHOCTL)  # lflags
+    termios.tcsetattr(fd, termios.TCSANOW, quiet)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSANOW, saved)
+
+
 class LiveView:
     """Redraws progress until closed. See the module docstring."""
 
@@ -93,9 +113,13 @@ class LiveView:
         self.interval = interval if self.tty else plain_interval
         self._task: asyncio.Task[None] | None = None
         self._live: Live | None = None
+        self._quiet: contextlib.AbstractContextManager[None] | None = None
 
     async def __aenter__(self) -> LiveView:
         if self.tty:
+            self._quiet = quiet_terminal(sys.stdin.fileno()) if sys.stdin.isatty() else None
+            if self._quiet is not None:
+                self._quiet.__enter__()
             self._live = Live(
                 render(self.snapshot()), console=Console(file=self.out), auto_refresh=False
             )
@@ -116,6 +140,8 @@ class LiveView:
         self.update()  # the final state stays on screen
         if self._live is not None:
             self._live.stop()
+        if self._quiet is not None:
+            self._quiet.__exit__(None, None, None)
 
     def update(self) -> None:
         snap = self.snapshot()
