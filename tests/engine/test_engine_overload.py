@@ -31,10 +31,11 @@ def test_intervals_are_judged_against_the_documented_limits() -> None:
     health = GeneratorHealth(None, feed, lambda: 0.0)  # type: ignore[arg-type]
     feed.next = stats(19.9, 9.9)
     assert not health.close_interval(1.0).overloaded  # at the limits: fine
-    feed.next = stats(25.0, 1.0)
+    feed.next = stats(25.0, 12.0)
     assert health.close_interval(2.0).overloaded  # loop lag p99 > 20 ms
     feed.next = stats(1.0, 12.5)
-    assert health.close_interval(3.0).overloaded  # send lateness p99 > 10 ms
+    assert health.close_interval(3.0).overloaded  # send lateness p99 > 10 ms, twice in a row
+    assert health.recent[-2].overloaded, "the first interval of the streak counts too"
     feed.next = stats(None, None)
     assert not health.close_interval(4.0).overloaded  # nothing measured
     assert health.block_since(3.0) == {
@@ -53,6 +54,20 @@ def test_intervals_are_judged_against_the_documented_limits() -> None:
     assert worst is not None and worst.loop_lag_p99_ms == 25.0
     assert "generator overloaded (loop lag p99 25 ms" in worst.describe()
     assert health.loop_lag_p99_ms == 2.0  # the last interval, for the heartbeat
+
+
+def test_one_late_interval_alone_is_not_an_overload() -> None:
+    """A single stall (a burst of call set-ups) shows in jitter, not as a verdict."""
+    feed = Feed()
+    health = GeneratorHealth(None, feed, lambda: 0.0)  # type: ignore[arg-type]
+    for t, late in ((1.0, 1.0), (2.0, 14.0), (3.0, 1.0), (4.0, 14.0)):
+        feed.next = stats(0.5, late)
+        assert not health.close_interval(t).overloaded
+    assert health.overload_between(0.0, 10.0) is None
+    assert health.block_since(0.0)["send_lateness_ms_p99"] == 14.0
+    feed.next = stats(0.5, 11.0)
+    assert health.close_interval(5.0).overloaded
+    assert [i.overloaded for i in health.recent] == [False, False, False, True, True]
 
 
 @pytest.mark.timeout(30)

@@ -12,7 +12,11 @@ and calls the interval *overloaded* when
 
 * the loop lag p99 is above :data:`LOOP_LAG_P99_LIMIT_MS` (20 ms), or
 * the send lateness p99 is above :data:`SEND_LATENESS_P99_LIMIT_MS` (10 ms:
-  half a 20 ms packet time, where a receiver's jitter figures start to move), or
+  half a 20 ms packet time, where a receiver's jitter figures start to move)
+  in two intervals in a row: one stall of a dozen milliseconds (a burst of
+  call set-ups, a garbage collection) already puts a dozen late sends above
+  the p99 of a small run's thousand sends, and it is the receiver's jitter
+  figures, not a verdict on the run; lateness that lasts is, or
 * the media clock skipped ticks: it fell more than its catch-up bound
   (100 ms) behind and dropped those sends instead of sending them late, so
   that one long stall, invisible in a p99 of a thousand samples, still counts.
@@ -31,6 +35,7 @@ reads :attr:`GeneratorHealth.loop_lag_p99_ms` for its heartbeat counters.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,13 +70,19 @@ class HealthInterval:
     loop_lag_p99_ms: float | None
     send_lateness_p99_ms: float | None
     skipped_ticks: int = 0
+    sustained_lateness: bool = False
+    """Send lateness over the limit in this interval and the one before or after it."""
+
+    @property
+    def late(self) -> bool:
+        """Send lateness p99 over the limit in this interval alone."""
+        return (self.send_lateness_p99_ms or 0.0) > SEND_LATENESS_P99_LIMIT_MS
 
     @property
     def overloaded(self) -> bool:
-        lag, late = self.loop_lag_p99_ms or 0.0, self.send_lateness_p99_ms or 0.0
         return (
-            lag > LOOP_LAG_P99_LIMIT_MS
-            or late > SEND_LATENESS_P99_LIMIT_MS
+            (self.loop_lag_p99_ms or 0.0) > LOOP_LAG_P99_LIMIT_MS
+            or self.sustained_lateness
             or self.skipped_ticks > 0
         )
 
@@ -140,10 +151,23 @@ class GeneratorHealth:
         self._started_at = now
         self.loop_lag_p99_ms = stats.loop_lag_p99_ms or 0.0
         self.send_lateness_p99_ms = stats.lateness_p99_ms or 0.0
+        previous = self.recent[-1] if self.recent else None
+        if interval.late and previous is not None and previous.late:
+            interval = dataclasses.replace(interval, sustained_lateness=True)
+            if not previous.sustained_lateness:  # the first of the streak counts too
+                self._mark_sustained(previous)
         self.recent.append(interval)
         if interval.overloaded:
             self.overloads.append(interval)
         return interval
+
+    def _mark_sustained(self, previous: HealthInterval) -> None:
+        marked = dataclasses.replace(previous, sustained_lateness=True)
+        self.recent[-1] = marked
+        if self.overloads and self.overloads[-1] is previous:
+            self.overloads[-1] = marked
+        else:
+            self.overloads.append(marked)
 
     def block_since(self, since: float) -> dict[str, object]:
         """The ``generator`` block of a ``metrics`` item: intervals that ended after ``since``."""
