@@ -37,22 +37,22 @@ from pathlib import Path
 import uvloop
 
 import harness
+from harness import (
+    LOOPBACK_ONLY,
+    SCENARIOS,
+    Kamailio,
+    KamailioOptions,
+    ManagedProcess,
+    SippUas,
+    free_port,
+    media_port,
+    parse_trace_stat,
+    run_sipp_register,
+    start_kamailio,
+    start_sipp_uas,
+    wait_until,
+)
 from sipswarm.errors import ResourceError
-
-Kamailio = harness.kamailio_peer.Kamailio
-KamailioOptions = harness.kamailio_peer.KamailioOptions
-start_kamailio = harness.kamailio_peer.start_kamailio
-ManagedProcess = harness.procs.ManagedProcess
-free_port = harness.procs.free_port
-wait_until = harness.procs.wait_until
-LOOPBACK_ONLY = harness.sipp_peer.LOOPBACK_ONLY
-SCENARIOS = harness.sipp_peer.SCENARIOS
-SippUas = harness.sipp_peer.SippUas
-media_port = harness.sipp_peer.media_port
-parse_trace_stat = harness.sipp_peer.parse_trace_stat
-run_sipp_register = harness.sipp_peer.run_sipp_register
-start_sipp_uas = harness.sipp_peer.start_sipp_uas
-write_ulaw_tone = harness.media_peer.write_ulaw_tone
 
 MODES = ("sipp>sipp", "swarm>sipp", "swarm>swarm", "sipp>swarm")
 CALLERS = range(1000, 1500)

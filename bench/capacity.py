@@ -39,21 +39,16 @@ from typing import Any
 import uvloop
 
 import harness
-
-Kamailio = harness.kamailio_peer.Kamailio
-KamailioOptions = harness.kamailio_peer.KamailioOptions
-start_kamailio = harness.kamailio_peer.start_kamailio
-ManagedProcess = harness.procs.ManagedProcess
-free_port = harness.procs.free_port
-wait_until = harness.procs.wait_until
-LOOPBACK_ONLY = harness.sipp_peer.LOOPBACK_ONLY
-SCENARIOS = harness.sipp_peer.SCENARIOS
-SippUas = harness.sipp_peer.SippUas
-media_port = harness.sipp_peer.media_port
-parse_trace_stat = harness.sipp_peer.parse_trace_stat
-run_sipp_register = harness.sipp_peer.run_sipp_register
-start_sipp_uas = harness.sipp_peer.start_sipp_uas
-write_ulaw_tone = harness.media_peer.write_ulaw_tone
+from harness import (
+    LOOPBACK_ONLY,
+    SCENARIOS,
+    ManagedProcess,
+    SippUas,
+    free_port,
+    media_port,
+    start_sipp_uas,
+    write_ulaw_tone,
+)
 
 MODES = ("sipp>echo", "swarm>echo", "swarm>swarm")
 

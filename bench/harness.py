@@ -39,14 +39,30 @@ for _p in (str(ROOT), str(BENCH)):
         sys.path.insert(0, _p)
 
 
-from tests.peers import kamailio as kamailio_peer  # noqa: E402, F401 - re-exported
-from tests.peers import media as media_peer  # noqa: E402, F401
-from tests.peers import procs  # noqa: E402, F401
-from tests.peers import sipp as sipp_peer  # noqa: E402, F401
+from tests.peers import kamailio as kamailio_peer  # noqa: E402 - re-exported
+from tests.peers import media as media_peer  # noqa: E402
+from tests.peers import procs  # noqa: E402
+from tests.peers import sipp as sipp_peer  # noqa: E402
 
 from sipswarm.agent.assignment import validate_assignment  # noqa: E402
 from sipswarm.agent.config import AgentConfig  # noqa: E402
 from sipswarm.agent.shards import ShardedBackend  # noqa: E402
+
+# The peers' helpers the bench scripts use, re-exported under one name each.
+Kamailio = kamailio_peer.Kamailio
+KamailioOptions = kamailio_peer.KamailioOptions
+start_kamailio = kamailio_peer.start_kamailio
+ManagedProcess = procs.ManagedProcess
+free_port = procs.free_port
+wait_until = procs.wait_until
+LOOPBACK_ONLY = sipp_peer.LOOPBACK_ONLY
+SCENARIOS = sipp_peer.SCENARIOS
+SippUas = sipp_peer.SippUas
+media_port = sipp_peer.media_port
+parse_trace_stat = sipp_peer.parse_trace_stat
+run_sipp_register = sipp_peer.run_sipp_register
+start_sipp_uas = sipp_peer.start_sipp_uas
+write_ulaw_tone = media_peer.write_ulaw_tone
 
 LOOPBACK = "127.0.0.1"
 #: The shard factory with send-lateness counters (see bench/bench_engine.py).
