@@ -27,8 +27,8 @@ from typing import cast
 from sipswarm.engine.transport import (
     Address,
     ErrorCallback,
+    ErrorReporter,
     MessageCallback,
-    TransportError,
     TransportStats,
     bind_error,
 )
@@ -82,7 +82,7 @@ class _StreamProtocol(asyncio.Protocol):
         self.owner._connection_lost(self, exc)
 
 
-class StreamTransport:
+class StreamTransport(ErrorReporter):
     """SIP over TCP (``tls=None``) or TLS, listening on one address, one connection per peer.
 
     Create with ``await StreamTransport.open(on_message, on_error, host, port,
@@ -271,11 +271,4 @@ class StreamTransport:
         if conn.remote is not None and self._connections.get(conn.remote) is conn:
             del self._connections[conn.remote]
         if exc is not None and not self._closed:
-            code = exc.errno if isinstance(exc, OSError) else None
-            self._report("closed", conn.remote, str(exc) or repr(exc), code)
-
-    def _report(
-        self, kind: str, remote: Address | None, reason: str, code: int | None = None
-    ) -> None:
-        self.stats.count_error(kind)
-        self._on_error(TransportError(self.name, kind, remote, reason, code))
+            self._report_exc("closed", conn.remote, exc)

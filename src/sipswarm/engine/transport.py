@@ -131,14 +131,35 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         self._owner._datagram_received(data, (addr[0], addr[1]))
 
     def error_received(self, exc: Exception) -> None:
-        self._owner._report("receive", None, exc)
+        self._owner._report_exc("receive", None, exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if exc is not None:
-            self._owner._report("closed", None, exc)
+            self._owner._report_exc("closed", None, exc)
 
 
-class UdpTransport:
+class ErrorReporter:
+    """What every transport does with a failure: count it, hand it to the engine as data.
+
+    Subclasses set ``name``, ``stats`` and ``_on_error``; nothing here raises.
+    """
+
+    name: str
+    stats: TransportStats
+    _on_error: ErrorCallback
+
+    def _report(
+        self, kind: str, remote: Address | None, reason: str, code: int | None = None
+    ) -> None:
+        self.stats.count_error(kind)
+        self._on_error(TransportError(self.name, kind, remote, reason, code))
+
+    def _report_exc(self, kind: str, remote: Address | None, exc: BaseException) -> None:
+        code = exc.errno if isinstance(exc, OSError) else None
+        self._report(kind, remote, str(exc) or repr(exc), code)
+
+
+class UdpTransport(ErrorReporter):
     """One UDP socket carrying SIP datagrams for one or many endpoints.
 
     Create with ``await UdpTransport.open(on_message, on_error, host, port)``
@@ -197,12 +218,12 @@ class UdpTransport:
         """Send one datagram; failures arrive at ``on_error`` with kind ``send``."""
         if self._transport is None or self._transport.is_closing():
             self.stats.dropped += 1
-            self._report("send", remote, OSError(errno.EBADF, "transport is closed"))
+            self._report("send", remote, "transport is closed", errno.EBADF)
             return
         try:
             self._transport.sendto(data, remote)
         except (OSError, ValueError) as exc:  # ValueError: malformed address
-            self._report("send", remote, exc)
+            self._report_exc("send", remote, exc)
             return
         self.stats.messages_sent += 1
         self.stats.bytes_sent += len(data)
@@ -222,11 +243,6 @@ class UdpTransport:
             return
         self.stats.messages_received += 1
         self._on_message(data, remote)
-
-    def _report(self, kind: str, remote: Address | None, exc: BaseException) -> None:
-        self.stats.count_error(kind)
-        code = exc.errno if isinstance(exc, OSError) else None
-        self._on_error(TransportError(self.name, kind, remote, str(exc) or repr(exc), code))
 
 
 def bind_error(proto: str, host: str, port: int, exc: OSError) -> ResourceError:

@@ -60,8 +60,8 @@ from sipswarm import USER_AGENT
 from sipswarm.engine.transport import (
     Address,
     ErrorCallback,
+    ErrorReporter,
     MessageCallback,
-    TransportError,
     TransportStats,
 )
 from sipswarm.errors import ConfigError
@@ -112,7 +112,7 @@ class _Connection:
     task: asyncio.Task[None] | None = None
 
 
-class WsTransport:
+class WsTransport(ErrorReporter):
     """SIP over WS/WSS to servers, one connection per remote. See the module doc.
 
     Create with ``await WsTransport.open(on_message, on_error, contact_host=...,
@@ -359,12 +359,6 @@ class WsTransport:
         self.stats.dropped += len(conn.queue)
         conn.queue.clear()
         conn.queued_bytes = 0
-
-    def _report(
-        self, kind: str, remote: Address | None, reason: str, code: int | None = None
-    ) -> None:
-        self.stats.count_error(kind)
-        self._on_error(TransportError(self.name, kind, remote, reason, code))
 
 
 def _is_utf8(data: bytes) -> bool:
