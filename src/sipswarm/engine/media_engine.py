@@ -17,6 +17,13 @@ engine calls::
     engine.close_session(session)             # RTCP BYE, ports back to the pool
     await engine.close()
 
+The per-packet path runs in C (``sipswarm._rtpcore``) when the extension
+built and ``SIPSWARM_NATIVE=0`` is not set (:data:`NATIVE`): each session's
+clock callback is a C ``Sender``, and every plain connected RTP socket is
+read by the engine's one C ``Poller`` (an epoll registered once as a loop
+reader). The pure-Python path is the fallback and computes the same
+figures; ``MediaEngine(native=False)`` forces it for one engine.
+
 Randomness (SSRCs, initial sequence numbers and timestamps, the RTCP
 interval's random factor) comes from one ``random.Random`` that tests can
 seed; SSRCs are unique within the engine (RFC 3550 §8.1).
@@ -28,10 +35,13 @@ import asyncio
 import random
 from dataclasses import dataclass
 
+from sipswarm._native import NATIVE, core
 from sipswarm.engine.media_clock import MediaClock, TimerKind
 from sipswarm.engine.ports import PortPool
 from sipswarm.engine.rtp_session import FrameSource, MediaCodec, RtpSession
 from sipswarm.errors import ConfigError
+
+__all__ = ["NATIVE", "SECOND_MS", "ClockStats", "MediaEngine"]
 
 #: Per-second housekeeping period of every session (metrics interval, E-model).
 SECOND_MS = 1000
@@ -68,7 +78,9 @@ class MediaEngine:
         cname: str | None = None,
         tick: float = 0.001,
         timer: TimerKind = "auto",
+        native: bool | None = None,
     ) -> None:
+        """``native``: None follows :data:`NATIVE`; False forces the pure-Python path."""
         self._loop = loop or asyncio.get_running_loop()
         self.pool = PortPool(port_range[0], port_range[1], host)
         self.clock = MediaClock(self._loop, tick=tick, timer=timer)
@@ -76,10 +88,24 @@ class MediaEngine:
         self.cname = cname or f"sipswarm-{self._rand.getrandbits(32):08x}@{host}"
         self.sessions: set[RtpSession] = set()
         self._ssrcs: set[int] = set()
+        use_c = NATIVE if native is None else native and NATIVE
+        self._poller = core.Poller() if use_c and core is not None else None
+        self._polling = False
+
+    @property
+    def native(self) -> bool:
+        """True when this engine's sessions use the C hot path."""
+        return self._poller is not None
 
     def start(self) -> None:
-        """Start the media clock (idempotent)."""
+        """Start the media clock and the C poller's reader (idempotent)."""
+        self._start_poller()
         self.clock.start()
+
+    def _start_poller(self) -> None:
+        if self._poller is not None and not self._polling:
+            self._loop.add_reader(self._poller.fileno(), self._poller.poll)
+            self._polling = True
 
     async def open_session(
         self,
@@ -94,6 +120,7 @@ class MediaEngine:
         """
         if not 1 <= ptime_ms <= 200:
             raise ConfigError(f"media.ptime_ms must be 1-200, got {ptime_ms}")
+        self._start_poller()
         alloc = self.pool.allocate()
         session = RtpSession(
             loop=self._loop,
@@ -105,6 +132,7 @@ class MediaEngine:
             ssrc=self._new_ssrc(),
             cname=self.cname,
             rand=self._rand,
+            poller=self._poller,
         )
         try:
             session.open_sockets(dscp)
@@ -147,6 +175,12 @@ class MediaEngine:
         for session in list(self.sessions):
             self.close_session(session, "shutdown")
         self.clock.stop()
+        if self._poller is not None:
+            if self._polling:
+                self._loop.remove_reader(self._poller.fileno())
+                self._polling = False
+            self._poller.close()
+            self._poller = None
         await asyncio.sleep(0)
 
     def _new_ssrc(self) -> int:

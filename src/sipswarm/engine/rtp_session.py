@@ -61,8 +61,9 @@ import random
 import socket
 import time
 from collections.abc import Callable
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
+from sipswarm._native import core
 from sipswarm.engine.media_clock import MediaClock
 from sipswarm.engine.ports import PortAllocation, disconnect_udp, set_dscp
 from sipswarm.engine.rtcp_session import IP_UDP_OVERHEAD, RTCP_BW_FRACTION, RtcpReporter
@@ -73,14 +74,19 @@ from sipswarm.errors import ConfigError, InvalidState
 from sipswarm.media.dtmf import DtmfEvent, DtmfReceiver, DtmfSender
 from sipswarm.media.emodel import impairment_for, mos_from_r, r_factor
 from sipswarm.media.rtcp import build_bye, is_rtcp
-from sipswarm.media.rtp import RtpPacketWriter, parse_rtp_header
+from sipswarm.media.rtp import PyRtpPacketWriter, RtpPacketWriter, parse_rtp_header
 from sipswarm.media.stats import (
+    PyRtpReceiveStats,
+    PyRtpSendStats,
     Quality,
     RemoteReport,
     RtpReceiveStats,
     RtpSendStats,
     metrics_snapshot,
 )
+
+if TYPE_CHECKING:
+    from sipswarm._rtpcore import Poller, RecvBase
 
 Address = tuple[str, int]
 _monotonic = time.monotonic
@@ -106,6 +112,42 @@ def _discard(data: bytes) -> int:
 RECV_SIZE: Final = 2048
 
 
+class PySendState:
+    """Where the next frame and the last schedule are kept on the pure-Python path.
+
+    The same fields as ``sipswarm._rtpcore.Sender``, which is the state (and the
+    clock's callback) on the C path; ``fd`` is unused here.
+    """
+
+    __slots__ = ("fd", "frame_index", "last_due")
+
+    def __init__(self) -> None:
+        self.fd = -1
+        self.frame_index = 0
+        self.last_due = 0.0
+
+
+def contiguous_frames(source: FrameSource) -> tuple[bytes, int, int] | None:
+    """``(buffer, frame_bytes, frames)`` when every frame is a fixed slice of one buffer.
+
+    What the C sender needs to slice frames itself; ``media.sources.EncodedSource``
+    keeps G.711/G.722 that way. Anything else (Opus, a test's own source) returns
+    None and is sent through ``source.frame()``. The layout is checked against
+    ``frame()`` on the first and last frame, so a different source cannot be misread.
+    """
+    buffer = getattr(source, "_buffer", None)
+    size = getattr(source, "_frame_bytes", 0)
+    frames = getattr(source, "frames", 0)
+    if not isinstance(buffer, bytes) or not isinstance(size, int) or not isinstance(frames, int):
+        return None
+    if size <= 0 or frames <= 0 or len(buffer) != size * frames:
+        return None
+    last = (frames - 1) * size
+    if source.frame(0) != buffer[:size] or source.frame(frames - 1) != buffer[last:]:
+        return None
+    return buffer, size, frames
+
+
 class RtpSession:
     """The media of one call leg. Build through ``MediaEngine.open_session``.
 
@@ -127,7 +169,9 @@ class RtpSession:
         ssrc: int,
         cname: str,
         rand: random.Random,
+        poller: Poller | None = None,
     ) -> None:
+        """``poller``: the engine's C poller; given, the session uses the C hot path."""
         self.loop = loop
         self._clock = clock
         self._alloc = alloc
@@ -140,20 +184,30 @@ class RtpSession:
         self.state = SessionState.OPEN
         rate = codec.rtp_clock_rate
         self._step = ptime_ms * rate // 1000
-        self._writer = RtpPacketWriter(
+        self.native = poller is not None and core is not None
+        self._poller = poller
+        self._writer = (RtpPacketWriter if self.native else PyRtpPacketWriter)(
             ssrc=ssrc,
             payload_type=codec.payload_type,
             sequence=rand.getrandbits(16),  # RFC 3550 §5.1: random initial values
             timestamp=rand.getrandbits(32),
             timestamp_step=self._step,
         )
-        self.send_stats = RtpSendStats()
-        self.recv_stats = RtpReceiveStats(rate)
+        self.send_stats = (RtpSendStats if self.native else PyRtpSendStats)()
+        self.recv_stats = (RtpReceiveStats if self.native else PyRtpReceiveStats)(rate)
         self.quality = Quality()
         self.remote = RemoteReport()
         self.socket_errors = 0
-        self._frame_index = 0
-        self._last_due = 0.0
+        self._tx: Any = PySendState()
+        self._clock_cb: Callable[[float], None] = self._send_frame
+        self._contiguous = False
+        if self.native:
+            assert core is not None
+            self._tx = self._clock_cb = core.Sender(self._writer, self.send_stats, self._send_frame)
+            frames = contiguous_frames(source)
+            if frames is not None:
+                self._contiguous = bool(self._tx.set_source(*frames))
+        self._polled = False
         self._sending = False
         self._paused_at: float | None = None
         self._rtp_sock: socket.socket | None = None
@@ -274,6 +328,7 @@ class RtpSession:
             self._set_sender(self._send_unconnected if self._rtp_sock is not None else _discard)
         self._dtmf_pt = -1 if dtmf_payload_type is None else dtmf_payload_type
         self.set_sending(send)
+        self._refresh_fast_paths()
         if not self.rtcp.scheduled:
             self.rtcp.schedule(initial=True)
 
@@ -289,19 +344,24 @@ class RtpSession:
                 self._writer.advance_timestamp(frames)
                 self._writer.mark_next()
                 self._paused_at = None
-            self._clock.add(self._send_frame, self.ptime_ms)
+            self._clock.add(self._clock_cb, self.ptime_ms)
         else:
-            self._clock.remove(self._send_frame)
+            self._clock.remove(self._clock_cb)
             self._paused_at = time.monotonic()
 
     # -- hot path --------------------------------------------------------------------------
 
     def _send_frame(self, due: float) -> None:
-        """Media clock callback: send the next frame, scheduled for ``due``."""
-        index = self._frame_index
-        self._frame_index = index + 1
+        """Media clock callback: send the next frame, scheduled for ``due``.
+
+        On the C path the clock calls the session's ``Sender``, which does the
+        same for a plain session and calls this method otherwise.
+        """
+        tx = self._tx
+        index = tx.frame_index
+        tx.frame_index = index + 1
         if self._dtmf_playback is not None and self._send_dtmf_slot(index):
-            self._last_due = due
+            tx.last_due = due
             return
         packet = self._write(self._frame(index))
         try:
@@ -312,7 +372,7 @@ class RtpSession:
         stats = self.send_stats
         stats.packets_sent += 1
         stats.bytes_sent += len(packet)
-        self._last_due = due
+        tx.last_due = due
 
     def _send_unconnected(self, packet: bytes) -> int:
         """Before the socket is connected: address every packet."""
@@ -410,6 +470,7 @@ class RtpSession:
             return
         self._connected = True
         self._set_sender(sock.send)
+        self._refresh_fast_paths()
 
     def _disconnect(self) -> None:
         """Dissolve the socket's association (back to ``sendto``/``recvfrom``, every source)."""
@@ -423,6 +484,40 @@ class RtpSession:
             except OSError:
                 self.socket_errors += 1
             self._set_sender(self._send_unconnected)
+        self._refresh_fast_paths()
+
+    def _refresh_fast_paths(self) -> None:
+        """Hand the socket to the C sender and poller while the session is plain, take it back.
+
+        Send in C: connected, no SRTP, no DTMF playing, frames in one buffer.
+        Receive in C: connected, no SRTP, no rtcp-mux (muxed RTCP arrives on
+        the RTP socket and must reach the RTCP code); otherwise the socket is
+        the loop's reader again (``_on_rtp_readable``).
+        """
+        sock = self._rtp_sock
+        live = sock is not None and self._connected and self.state is SessionState.STARTED
+        plain_send = live and self.srtp is None and self._dtmf_playback is None
+        if self.native and sock is not None:
+            self._tx.fd = sock.fileno() if plain_send and self._contiguous else -1
+        poller = self._poller
+        if poller is None or sock is None:
+            return
+        fd = sock.fileno()
+        if live and self._plain:
+            if not self._polled:
+                self.loop.remove_reader(fd)
+                self._polled = True
+            # (re-)register: a re-INVITE may have changed the telephone-event type
+            stats = cast("RecvBase", self.recv_stats)  # a C RecvBase: self.native
+            poller.register(fd, stats, self._dtmf_pt, self._on_dtmf, self._on_poll_error)
+        elif self._polled:
+            poller.unregister(fd)
+            self._polled = False
+            self.loop.add_reader(fd, self._on_rtp_readable)
+
+    def _on_poll_error(self) -> None:
+        """The C poller's recv failed (EAGAIN after a spurious wake-up, an ICMP error)."""
+        self.socket_errors += 1
 
     # -- DTMF (RFC 4733) --------------------------------------------------------------------
 
@@ -440,8 +535,9 @@ class RtpSession:
         sender = DtmfSender(self.codec.rtp_clock_rate, self.ptime_ms, duration_ms, gap_ms)
         plan = sender.packets(digits)
         self._dtmf_playback = DtmfPlayback(
-            plan, self._frame_index, self._writer.timestamp, self.ptime_ms
+            plan, self._tx.frame_index, self._writer.timestamp, self.ptime_ms
         )
+        self._refresh_fast_paths()
 
     def dtmf_events_received(self) -> list[DtmfEvent]:
         """Key presses received since the last call, each once (retransmissions dropped)."""
@@ -454,6 +550,7 @@ class RtpSession:
         due = playback.due(index)
         if playback.finished:
             self._dtmf_playback = None
+            self._refresh_fast_paths()
         if not due:
             return False
         for pkt in due:
@@ -514,7 +611,7 @@ class RtpSession:
     def rtp_timestamp_at(self, now: float) -> int:
         """RTP timestamp of monotonic ``now``: the last frame's plus the time since it was due."""
         last_ts = self._writer.timestamp - self._step
-        return last_ts + int((now - self._last_due) * self.codec.rtp_clock_rate)
+        return last_ts + int((now - self._tx.last_due) * self.codec.rtp_clock_rate)
 
     def _on_rtcp(self, data: bytes) -> None:
         if self.srtp is not None:
@@ -581,15 +678,21 @@ class RtpSession:
         self._transition("stop")
         if was is SessionState.STOPPED:
             return
-        self._clock.remove(self._send_frame)
+        self._clock.remove(self._clock_cb)
         self._sending = False
         self.rtcp.cancel()
         if was is SessionState.STARTED:
             bye = build_bye(self.ssrc, reason, cname=self.cname, blocks=self.rtcp.report_blocks())
             self.send_rtcp(bye)
         self._close_rtcp_socket()
+        self._tx.fd = -1
         if self._rtp_sock is not None:
-            self.loop.remove_reader(self._rtp_sock.fileno())
+            fd = self._rtp_sock.fileno()
+            if self._polled and self._poller is not None:
+                self._poller.unregister(fd)
+                self._polled = False
+            else:
+                self.loop.remove_reader(fd)
             self._rtp_sock = None
         self._connected = False
         self._set_sender(_discard)

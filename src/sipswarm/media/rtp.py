@@ -23,7 +23,9 @@ the caller with ``media.rtcp.is_rtcp`` before calling :func:`parse_rtp_header`.
 from __future__ import annotations
 
 import struct
-from typing import Final, NamedTuple
+from typing import TYPE_CHECKING, Final, NamedTuple
+
+from sipswarm._native import core, rebase
 
 RTP_VERSION: Final = 2
 RTP_HEADER_SIZE: Final = 12
@@ -105,7 +107,26 @@ def build_rtp(
     return _pack(0x80, b1, sequence % SEQ_MOD, timestamp % TS_MOD, ssrc) + payload
 
 
-class RtpPacketWriter:
+class PyWriterBase:
+    """The header state the C sender reads and advances (``sipswarm._rtpcore.WriterBase``)."""
+
+    __slots__ = ("_b1", "_b1_next", "sequence", "ssrc", "timestamp", "timestamp_step")
+
+    _b1: int
+    _b1_next: int
+    sequence: int
+    ssrc: int
+    timestamp: int
+    timestamp_step: int
+
+
+if TYPE_CHECKING:
+    _WriterBase = PyWriterBase
+else:
+    _WriterBase = PyWriterBase if core is None else core.WriterBase
+
+
+class RtpPacketWriter(_WriterBase):
     """Builds the packets of one outgoing RTP stream.
 
     Create it with the SSRC, payload type and random initial sequence number
@@ -123,9 +144,13 @@ class RtpPacketWriter:
     overhead dominates at this size). It also gives every packet its own
     immutable buffer, which matters because uvloop keeps a reference to (not
     a copy of) any datagram it has to queue.
+
+    The state lives in the base class (C members when the extension is active,
+    so that ``sipswarm._rtpcore.Sender`` builds the same header without Python;
+    :class:`PyRtpPacketWriter` is always the pure-Python one).
     """
 
-    __slots__ = ("_b1", "_b1_next", "sequence", "ssrc", "timestamp", "timestamp_step")
+    __slots__ = ()
 
     def __init__(
         self,
@@ -188,3 +213,9 @@ class RtpPacketWriter:
         counts sampling time, so a gap in sending moves only the timestamp.
         """
         self.timestamp = (self.timestamp + frames * self.timestamp_step) & 0xFFFFFFFF
+
+
+if core is None:
+    PyRtpPacketWriter: type[RtpPacketWriter] = RtpPacketWriter
+else:
+    PyRtpPacketWriter = rebase(RtpPacketWriter, PyWriterBase, "PyRtpPacketWriter")

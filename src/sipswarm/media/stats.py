@@ -36,8 +36,9 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
+from sipswarm._native import core, rebase
 from sipswarm.media.rtp import MAX_RTP_PACKET, RTP_HEADER_SIZE, RtpHeader, parse_rtp_header
 
 # RFC 3550 A.1
@@ -51,60 +52,150 @@ _DUP_MASK: Final = (1 << DUP_WINDOW) - 1
 _unpack_from = struct.Struct("!BBHII").unpack_from
 
 
-class RtpReceiveStats:
+class PyRecvBase:
+    """The fields :meth:`RtpReceiveStats.receive_rtp` touches per packet, and its fast path.
+
+    The pure-Python fallback of ``sipswarm._rtpcore.RecvBase``, which has the same names as
+    C members and the same fast path in C (module docstring of :mod:`sipswarm._native`).
+    """
+
+    __slots__ = (
+        "_cycles",
+        "_jitter_valid",
+        "_last_arrival_ts",
+        "_last_ts",
+        "_max_seq",
+        "_probation",
+        "_unique",
+        "_window",
+        "bytes_received",
+        "clock_rate",
+        "invalid_packets",
+        "jitter",
+        "jitter_max",
+        "last_arrival",
+        "packets_received",
+        "ssrc",
+    )
+
+    ssrc: int | None
+    last_arrival: float | None
+    _window: int
+    _max_seq: int
+    _probation: int
+    _cycles: int
+    _unique: int
+    packets_received: int
+    bytes_received: int
+    _jitter_valid: bool
+    jitter: float
+    jitter_max: float
+    _last_ts: int
+    _last_arrival_ts: float
+    clock_rate: int
+    invalid_packets: int
+
+    def _receive_slow(self, data: bytes | bytearray | memoryview, now: float) -> int:
+        raise NotImplementedError  # RtpReceiveStats defines it
+
+    def receive_rtp(self, data: bytes | bytearray | memoryview, now: float) -> int:
+        """Account one datagram that arrived at ``now``; return its payload type, -1 if invalid.
+
+        The common case (a plain 12-byte header, the current SSRC, the next
+        sequence number) is handled inline: this runs for every packet.
+        Everything else goes to ``_receive_slow`` (:func:`parse_rtp_header` and
+        ``receive_header``).
+        """
+        size = len(data)
+        if size < 12 or size > MAX_RTP_PACKET:
+            self.invalid_packets += 1
+            return -1
+        b0, b1, seq, ts, ssrc = _unpack_from(data)
+        pt: int = b1 & 0x7F
+        if (
+            b0 != 0x80  # CSRCs, extension or padding: validate them in the slow path
+            or ssrc != self.ssrc
+            or (seq - self._max_seq) & 0xFFFF != 1
+            or self._probation
+            or 72 <= pt <= 76
+        ):
+            return self._receive_slow(data, now)
+        # in-order next packet: RFC 3550 A.1 update_seq with udelta == 1
+        self._max_seq = seq
+        if seq == 0:
+            self._cycles += SEQ_MOD
+        self._window = ((self._window << 1) | 1) & _DUP_MASK
+        self._unique += 1
+        self.packets_received += 1
+        self.bytes_received += size
+        self.last_arrival = now
+        # RFC 3550 §6.4.1 jitter, inline (see _update_jitter)
+        if self._jitter_valid:
+            d = (now - self._last_arrival_ts) * self.clock_rate - (
+                ((ts - self._last_ts + 0x80000000) & 0xFFFFFFFF) - 0x80000000
+            )
+            j = self.jitter
+            j += ((d if d >= 0 else -d) - j) * 0.0625
+            self.jitter = j
+            if j > self.jitter_max:
+                self.jitter_max = j
+        else:
+            self._jitter_valid = True
+        self._last_ts = ts
+        self._last_arrival_ts = now
+        return pt
+
+
+if TYPE_CHECKING:
+    _RecvBase = PyRecvBase
+else:
+    _RecvBase = PyRecvBase if core is None else core.RecvBase
+
+_RECV_SLOTS: Final = (
+    "_bad_seq",
+    "_base_seq",
+    "_expected_before",
+    "_int_bytes",
+    "_int_expected",
+    "_int_packets",
+    "_int_start",
+    "_int_unique",
+    "_lost_before",
+    "_probation_packets",
+    "_rr_expected",
+    "_rr_unique",
+    "duplicate_packets",
+    "first_arrival",
+    "interval_bytes_rate",
+    "interval_fraction_lost",
+    "interval_packets_rate",
+    "out_of_order_packets",
+    "probation_dropped",
+    "sequence_number_gaps",
+    "ssrc_switches",
+)
+
+
+class RtpReceiveStats(_RecvBase):
     """Receive statistics of one incoming RTP stream (one call leg, any number of SSRCs).
 
     Per packet: :meth:`receive_rtp` (or :meth:`receive_header` when the caller
     already parsed, e.g. for RFC 4733 events that must not feed the jitter).
     Every second: :meth:`close_interval`. For each RTCP report:
     :meth:`report_block`. Read the public attributes at any time.
+
+    The per-packet fields and ``receive_rtp`` live in the base class: the C
+    ``RecvBase`` when the extension is active, :class:`PyRecvBase` otherwise
+    (:class:`PyRtpReceiveStats` is always the pure-Python one).
     """
 
-    __slots__ = (
-        "_bad_seq",
-        "_base_seq",
-        "_cycles",
-        "_expected_before",
-        "_int_bytes",
-        "_int_expected",
-        "_int_packets",
-        "_int_start",
-        "_int_unique",
-        "_jitter_valid",
-        "_last_arrival_ts",
-        "_last_ts",
-        "_lost_before",
-        "_max_seq",
-        "_probation",
-        "_probation_packets",
-        "_rr_expected",
-        "_rr_unique",
-        "_unique",
-        "_window",
-        "bytes_received",
-        "clock_rate",
-        "duplicate_packets",
-        "first_arrival",
-        "interval_bytes_rate",
-        "interval_fraction_lost",
-        "interval_packets_rate",
-        "invalid_packets",
-        "jitter",
-        "jitter_max",
-        "last_arrival",
-        "out_of_order_packets",
-        "packets_received",
-        "probation_dropped",
-        "sequence_number_gaps",
-        "ssrc",
-        "ssrc_switches",
-    )
+    __slots__ = _RECV_SLOTS
 
     def __init__(self, clock_rate: int) -> None:
         if clock_rate <= 0:
             raise ValueError(f"clock_rate must be positive, got {clock_rate}")
         self.clock_rate = clock_rate
-        self.ssrc: int | None = None
+        self.ssrc = None
         self.packets_received = 0
         self.bytes_received = 0
         self.invalid_packets = 0
@@ -114,7 +205,7 @@ class RtpReceiveStats:
         self.ssrc_switches = 0
         self.probation_dropped = 0
         self.first_arrival: float | None = None
-        self.last_arrival: float | None = None
+        self.last_arrival = None
         self.jitter = 0.0  # RFC 3550 §6.4.1 J, in timestamp units
         self.jitter_max = 0.0
         self._lost_before = 0
@@ -147,57 +238,14 @@ class RtpReceiveStats:
 
     # -- per packet ------------------------------------------------------------------------
 
-    def receive_rtp(self, data: bytes | bytearray | memoryview, now: float) -> int:
-        """Account one datagram that arrived at ``now``; return its payload type, -1 if invalid.
-
-        The common case (a plain 12-byte header, the current SSRC, the next
-        sequence number) is handled inline: this runs for every packet.
-        Everything else goes through :func:`parse_rtp_header` and
-        :meth:`receive_header`.
-        """
-        size = len(data)
-        if size < 12 or size > MAX_RTP_PACKET:
+    def _receive_slow(self, data: bytes | bytearray | memoryview, now: float) -> int:
+        """Everything the fast path of ``receive_rtp`` does not take: parse, then account."""
+        hdr = parse_rtp_header(data)
+        if hdr is None:
             self.invalid_packets += 1
             return -1
-        b0, b1, seq, ts, ssrc = _unpack_from(data)
-        pt: int = b1 & 0x7F
-        if (
-            b0 != 0x80  # CSRCs, extension or padding: validate them in the slow path
-            or ssrc != self.ssrc
-            or (seq - self._max_seq) & 0xFFFF != 1
-            or self._probation
-            or 72 <= pt <= 76
-        ):
-            hdr = parse_rtp_header(data)
-            if hdr is None:
-                self.invalid_packets += 1
-                return -1
-            self.receive_header(hdr, size, now, True)
-            return pt
-        # in-order next packet: RFC 3550 A.1 update_seq with udelta == 1
-        self._max_seq = seq
-        if seq == 0:
-            self._cycles += SEQ_MOD
-        self._window = ((self._window << 1) | 1) & _DUP_MASK
-        self._unique += 1
-        self.packets_received += 1
-        self.bytes_received += size
-        self.last_arrival = now
-        # RFC 3550 §6.4.1 jitter, inline (see _update_jitter)
-        if self._jitter_valid:
-            d = (now - self._last_arrival_ts) * self.clock_rate - (
-                ((ts - self._last_ts + 0x80000000) & 0xFFFFFFFF) - 0x80000000
-            )
-            j = self.jitter
-            j += ((d if d >= 0 else -d) - j) * 0.0625
-            self.jitter = j
-            if j > self.jitter_max:
-                self.jitter_max = j
-        else:
-            self._jitter_valid = True
-        self._last_ts = ts
-        self._last_arrival_ts = now
-        return pt
+        self.receive_header(hdr, len(data), now, True)
+        return hdr.payload_type
 
     def receive_header(self, hdr: RtpHeader, size: int, now: float, jitter: bool) -> None:
         """Account one parsed packet of ``size`` bytes; ``jitter=False`` for RFC 4733 events.
@@ -385,20 +433,33 @@ class RtpReceiveStats:
         return fraction, self.packets_lost, self.extended_highest_seq, int(self.jitter)
 
 
-class RtpSendStats:
+class PySendBase:
+    """The send counters the C sender increments (``sipswarm._rtpcore.SendBase`` in Python)."""
+
+    __slots__ = ("bytes_sent", "packets_sent", "send_errors")
+
+    packets_sent: int
+    bytes_sent: int
+    send_errors: int
+
+
+if TYPE_CHECKING:
+    _SendBase = PySendBase
+else:
+    _SendBase = PySendBase if core is None else core.SendBase
+
+
+class RtpSendStats(_SendBase):
     """Counts of one outgoing RTP stream; the engine increments the attributes directly."""
 
     __slots__ = (
         "_int_bytes",
         "_int_packets",
         "_int_start",
-        "bytes_sent",
         "interval_bytes_rate",
         "interval_packets_rate",
-        "packets_sent",
         "rtcp_rr_sent",
         "rtcp_sr_sent",
-        "send_errors",
     )
 
     def __init__(self) -> None:
@@ -428,6 +489,16 @@ class RtpSendStats:
             self.interval_bytes_rate = (self.bytes_sent - self._int_bytes) * 8 / span
         self._int_packets = self.packets_sent
         self._int_bytes = self.bytes_sent
+
+
+if core is None:
+    PyRtpReceiveStats: type[RtpReceiveStats] = RtpReceiveStats
+    PyRtpSendStats: type[RtpSendStats] = RtpSendStats
+else:
+    PyRtpReceiveStats = rebase(RtpReceiveStats, PyRecvBase, "PyRtpReceiveStats")
+    PyRtpSendStats = rebase(RtpSendStats, PySendBase, "PyRtpSendStats")
+PyRtpReceiveStats.__doc__ = "RtpReceiveStats on the pure-Python base, whatever is active."
+PyRtpSendStats.__doc__ = "RtpSendStats on the pure-Python base, whatever is active."
 
 
 @dataclass(slots=True)
