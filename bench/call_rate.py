@@ -14,8 +14,11 @@ one after the other, for ``--seconds`` each:
 * ``sipp>swarm``  SIPp UAC -> sipswarm far end (the far ends compared)
 
 Calls hold ``--hold-ms`` (100 ms: a sipswarm call lasts at least 0.1 s) and
-carry no media on the SIPp side; sipswarm binds an RTP pair per call and sends
-the ~5 packets of that 0.1 s (it has no signalling-only mode). CPU comes from
+carry no media, on either side: the sipswarm callers and far end run
+signalling-only calls (``media.rtp: false``, docs/protocol.md: SDP offered and
+answered with the codecs, ``a=inactive`` on the discard port 9, no RTP socket,
+no packet), as SIPp's UAC and UAS send none here. ``--media`` gives the old
+shape instead (an RTP pair bound per call and the ~5 packets of its 0.1 s). CPU comes from
 ``/proc/<pid>/stat`` deltas of whole process trees over the run: the
 generator (SIPp UAC; or this process, which plays the agent supervisor, plus
 its shard processes), Kamailio (main + workers), the far end; "other" is the
@@ -85,9 +88,10 @@ class Result:
 class Bed:
     """Kamailio, both far ends and the sipswarm callers; ``close()`` stops them by PID."""
 
-    def __init__(self, workdir: Path, shards: int) -> None:
+    def __init__(self, workdir: Path, shards: int, rtp: bool = False) -> None:
         self.workdir = workdir
         self.shards = shards
+        self.rtp = rtp  # sipswarm calls with media (--media), else signalling only
         self.kam: Kamailio | None = None
         self.uas: SippUas | None = None
         self.far: ManagedProcess | None = None
@@ -101,6 +105,8 @@ class Bed:
         self.far_port = free_port(("udp",))
         argv = ["python", str(harness.BENCH / "swarm_answer.py"), "--port", str(self.far_port),
                 "--duration", "30", "--rtp-ports", "40000-49999"]  # fmt: skip
+        if not self.rtp:
+            argv.append("--no-rtp")
         env_path = f"{harness.ROOT / 'src'}:{harness.BENCH}:{harness.ROOT}"
         os.environ["PYTHONPATH"] = env_path
         self.far = ManagedProcess(argv, self.workdir / "swarm_answer.log")
@@ -254,7 +260,7 @@ async def run_swarm(bed: Bed, rate: int, seconds: int, hold_ms: int, callees: ra
             offset, hold = i * 1000 // rate, hold_ms / 1000
             eps.append(
                 harness.caller(f"{run_id}/{n}", user, password, target, kam,
-                               offset_ms=offset, duration_s=hold)
+                               offset_ms=offset, duration_s=hold, rtp=bed.rtp)
             )  # fmt: skip
         try:
             ids.append(await driver.assign(run_id, eps, t0 + k * 1000))
@@ -357,8 +363,12 @@ def report(results: list[Result], machine_before: dict[str, str]) -> None:
 async def amain(args: argparse.Namespace) -> None:
     machine = harness.machine()
     print("machine:", json.dumps(machine))
+    print(
+        "sipswarm calls:",
+        "with RTP (--media)" if args.media else "signalling only (media.rtp false)",
+    )
     with tempfile.TemporaryDirectory(prefix="sipswarm-rate-") as tmp:
-        bed = Bed(Path(tmp), args.shards)
+        bed = Bed(Path(tmp), args.shards, rtp=args.media)
         results: list[Result] = []
         try:
             await bed.open()
@@ -386,6 +396,9 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=2)
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--pause", type=float, default=2.0, help="seconds between runs")
+    parser.add_argument("--media", action="store_true",
+                        help="sipswarm calls carry RTP (default: signalling only, media.rtp "
+                             "false, as SIPp's UAC/UAS here)")  # fmt: skip
     args = parser.parse_args()
     uvloop.run(amain(args))
 

@@ -388,9 +388,11 @@ def caller(
     offset_ms: int,
     duration_s: float,
     source: str = "silence",
+    rtp: bool = True,
 ) -> dict[str, Any]:
     """A PROTOCOL.md caller endpoint that does not register and calls ``target``
-    through ``registrar`` (outbound proxy: INVITE sent there)."""
+    through ``registrar`` (outbound proxy: INVITE sent there); ``rtp`` false makes its
+    call signalling only (docs/protocol.md ``media.rtp``)."""
     return {
         "endpoint_id": eid,
         "group": "callers",
@@ -405,12 +407,15 @@ def caller(
             "register": False,
         },
         "call": {"target": target, "duration_s": duration_s, "ring_timeout_s": 10},
-        "media": _media(source),
+        "media": _media(source, rtp),
     }
 
 
-def receiver(eid: str, user: str, *, idle_s: float, duration_s: float) -> dict[str, Any]:
-    """A listening (``register: false``) receiver; its contact comes in its REGISTERED phase."""
+def receiver(
+    eid: str, user: str, *, idle_s: float, duration_s: float, rtp: bool = True
+) -> dict[str, Any]:
+    """A listening (``register: false``) receiver; its contact comes in its REGISTERED phase.
+    ``rtp`` false: signalling-only calls."""
     return {
         "endpoint_id": eid,
         "group": "receivers",
@@ -419,12 +424,15 @@ def receiver(eid: str, user: str, *, idle_s: float, duration_s: float) -> dict[s
         "account": {"username": user, "password": None},
         "registrar": {"domain": LOOPBACK, "host": LOOPBACK, "port": 9, "register": False},
         "call": {"duration_s": duration_s, "idle_timeout_s": idle_s},
-        "media": _media("tone"),
+        "media": _media("tone", rtp),
     }
 
 
-def _media(source: str) -> dict[str, Any]:
+def _media(source: str, rtp: bool = True) -> dict[str, Any]:
     src: dict[str, Any] = {"kind": source}
     if source == "tone":
         src["frequency_hz"] = 440
-    return {"codecs": ["PCMU"], "ptime_ms": 20, "source": src, "srtp": "off"}
+    media: dict[str, Any] = {"codecs": ["PCMU"], "ptime_ms": 20, "source": src, "srtp": "off"}
+    if not rtp:
+        media["rtp"] = False  # extension: only sent when it says false
+    return media

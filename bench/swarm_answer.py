@@ -1,6 +1,6 @@
 """A sipswarm far end for the benchmarks: one engine process answering every call.
 
-    python bench/swarm_answer.py --port 5070 --duration 30 [--rtp-ports 40000-49999]
+    python bench/swarm_answer.py --port 5070 --duration 30 [--rtp-ports 40000-49999] [--no-rtp]
 
 The same :class:`~sipswarm.engine.engine.EndpointEngine` service endpoint as
 ``sipswarm answer`` (each INVITE, for any user, goes to a child receiver that
@@ -36,7 +36,13 @@ async def serve(args: argparse.Namespace) -> dict[str, Any]:
         "assignment_id": "far",
         "run_id": "far",
         "endpoints": [
-            harness.receiver("far/service", "service", idle_s=86400, duration_s=args.duration)
+            harness.receiver(
+                "far/service",
+                "service",
+                idle_s=86400,
+                duration_s=args.duration,
+                rtp=not args.no_rtp,
+            )
         ],
     }
     spec, problems = validate_assignment(raw, ())
@@ -77,6 +83,11 @@ def main() -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--duration", type=float, default=30.0)
     parser.add_argument("--rtp-ports", default="40000-49999")
+    parser.add_argument(
+        "--no-rtp",
+        action="store_true",
+        help="signalling-only calls (media.rtp false: SDP a=inactive, no RTP)",
+    )
     args = parser.parse_args()
     result = uvloop.run(serve(args))
     print(json.dumps(result), flush=True)

@@ -99,6 +99,8 @@ class MediaSpec:
     source: SourceSpec
     srtp: SrtpMode
     dscp: int
+    rtp: bool = True
+    """False: signalling-only calls (docs/protocol.md, ``media.rtp``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,7 +345,20 @@ def _check_supported(ep: AssignEndpoint, held: Collection[str]) -> list[str]:
         out.append("media.srtp 'dtls' is not supported by this worker; use 'off' or 'sdes'")
     # every ActionKind and ActionTrigger runs (engine/actions.py); other values are
     # refused by the wire model, which lists the accepted ones
+    if not ep.media.rtp:  # signalling-only: no media to hold, resume or carry DTMF
+        for i, action in enumerate(ep.actions):
+            needs = action.do in _MEDIA_ACTIONS or action.on is ActionTrigger.DTMF_RECEIVED
+            if needs:
+                what = action.do.value if action.do in _MEDIA_ACTIONS else "on: dtmf_received"
+                out.append(
+                    f"actions[{i}] {what} needs media; with media.rtp false only hangup runs"
+                    " (set media.rtp true or drop the action)"
+                )
     return out
+
+
+#: Actions that act on the call's RTP (refused with ``media.rtp: false``).
+_MEDIA_ACTIONS = frozenset({ActionKind.HOLD, ActionKind.RESUME, ActionKind.DTMF})
 
 
 _ENDPOINT_CHECKS: tuple[EndpointCheck, ...] = (
@@ -395,6 +410,7 @@ def _to_spec(ep: AssignEndpoint) -> EndpointSpec:
             source=SourceSpec(m.source.kind, _frequency(m.source), m.source.sha256),
             srtp=m.srtp,
             dscp=m.dscp,
+            rtp=m.rtp,
         ),
         actions=tuple(
             ActionSpec(x.do, x.at_s, x.on, x.digits, _upper(x.match_digits)) for x in ep.actions

@@ -194,6 +194,7 @@ def build_endpoint(
             source=MediaSource.model_validate(g.media.source),
             srtp=g.media.srtp,  # type: ignore[arg-type]
             dscp=g.media.dscp,
+            rtp=g.media.rtp,
         ),
         actions=[Action.model_validate(a) for a in g.actions],
     )
@@ -211,6 +212,8 @@ def assign_json(assign: Assign, plan: Plan) -> dict[str, Any]:
         for extra in ("idle_timeout_s", "expected_calls"):
             if ep["call"] is not None and ep["call"].get(extra) is None:
                 ep["call"].pop(extra, None)  # PROTOCOL.md fields only, unless set
+        if ep["media"].get("rtp") is True:
+            ep["media"].pop("rtp")  # the extension travels only when it says false
         reg = groups[ep["group"]].registrar
         if reg.transport in ("tls", "wss", "auto"):
             ep["registrar"]["tls"] = {

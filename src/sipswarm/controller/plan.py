@@ -82,6 +82,7 @@ class Media:
     source: dict[str, Any]  # PROTOCOL.md media.source: tone/silence/file(sha256)
     srtp: str
     dscp: int
+    rtp: bool = True  # false: signalling-only calls (docs/protocol.md media.rtp)
 
 
 @dataclass(frozen=True, slots=True)
@@ -394,6 +395,14 @@ class _PlanBuilder:
                     f"do: {a.do} plays no digits; remove `digits` (to fire on received"
                     " digits use match_digits with on: dtmf_received)",
                 )
+            on = getattr(a, "on", None)
+            if not g.media.rtp and (a.do in ("hold", "resume", "dtmf") or on == "dtmf_received"):
+                what = f"do: {a.do}" if a.do != "hangup" else "on: dtmf_received"
+                self.fail(
+                    where,
+                    f"{what} needs media and media.rtp is false (signalling-only calls);"
+                    " set media.rtp: true or drop the action",
+                )
             at_s = getattr(a, "at_s", None)
             if at_s is not None and at_s >= g.call.duration_s:
                 self.fail(
@@ -421,7 +430,7 @@ class _PlanBuilder:
             source = {"kind": "file", "sha256": self._media_file((*at, "media", "source"), src)}
         else:
             source = src.model_dump()
-        return Media(tuple(m.codecs), m.ptime_ms, source, m.srtp, m.dscp)
+        return Media(tuple(m.codecs), m.ptime_ms, source, m.srtp, m.dscp, m.rtp)
 
     def _media_file(self, at: DataPath, src: schema.FileSource) -> str:
         path = self.base / src.path

@@ -83,6 +83,7 @@ class MediaModel(StrictModel):
     source: Source = Field(default_factory=lambda: ToneSource(kind="tone"))
     srtp: Literal["off", "sdes", "dtls"] = "off"
     dscp: int = Field(default=46, ge=0, le=63)
+    rtp: bool = True  # false: signalling-only calls (docs/plan.md, media.rtp)
 
 
 DTMF_PATTERN = r"^[0-9A-D*#]{1,64}$"

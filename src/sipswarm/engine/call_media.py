@@ -12,6 +12,15 @@ plays RFC 4733 events, :meth:`~CallMedia.stop` closes it and returns a
 warning in words when the call's media was poor (no RTP at all, or loss
 above :data:`~sipswarm.engine.outcomes.LOSS_WARNING_FRACTION`).
 
+With ``rtp=False`` (``media.rtp: false``, docs/protocol.md "Signalling-only
+calls") the leg is signalling only: :meth:`~CallMedia.open_port` binds
+nothing and gives :data:`DISCARD_PORT`, :meth:`~CallMedia.local` describes an
+``a=inactive`` stream on it (RFC 3264 §5.1: neither side sends; the offer
+still lists the codecs, so negotiation and 488 happen as usual),
+:meth:`~CallMedia.start` keeps the negotiated media without starting
+anything, and :meth:`~CallMedia.metrics` stays None (no send/recv blocks,
+rather than zeros that would read as loss).
+
 A receiver's successive calls each open a new session; :meth:`~CallMedia.metrics`
 adds the counters of the closed ones, so that the endpoint's ``metrics``
 counters stay cumulative since it started (PROTOCOL.md) and never go back.
@@ -35,7 +44,11 @@ from sipswarm.media.sdp import LocalMedia, NegotiatedMedia
 #: ``media.srtp`` values this engine runs (``dtls`` needs a DTLS handshake and ICE).
 SRTP_MODES = ("off", "sdes")
 
-__all__ = ["COUNTER_KEYS", "CallMedia"]
+#: The port a signalling-only leg puts in its SDP (RFC 863 discard; RFC 8840 uses it the
+#: same way for a stream with no usable address yet); RTCP is pointed there too (a=rtcp:9).
+DISCARD_PORT = 9
+
+__all__ = ["COUNTER_KEYS", "DISCARD_PORT", "CallMedia"]
 
 #: The cumulative counters of a session snapshot (summed over an endpoint's calls);
 #: every other key is a gauge of the current session.
@@ -57,8 +70,8 @@ Opener = Callable[[SwitchableCodec, SwitchableSource], Awaitable[RtpSession]]
 
 
 class CallMedia:
-    """One call leg's RTP. Next: ``await open(codec)``, ``local(...)``, ``start(media)``,
-    ``stop(answered)``."""
+    """One call leg's RTP. Next: ``open_port(codec)`` (signalling only) or ``await
+    open(codec)``, then ``local(...)``, ``start(media)``, ``stop(answered)``."""
 
     def __init__(
         self,
@@ -67,11 +80,13 @@ class CallMedia:
         source_for: Callable[[Codec], Any],
         *,
         srtp: str = "off",
+        rtp: bool = True,
         random_bytes: Callable[[int], bytes] = secrets.token_bytes,
     ) -> None:
         if srtp not in SRTP_MODES:
             raise ConfigError(f"media.srtp must be one of {', '.join(SRTP_MODES)}, got {srtp!r}")
         self.srtp = srtp
+        self.rtp = rtp
         self._random_bytes = random_bytes
         self._crypto: dict[bool, tuple[str, ...]] = {}
         self.srtp_context: SrtpContext | None = None
@@ -85,14 +100,26 @@ class CallMedia:
         self.first_rtp_ts: int | None = None
         self._closed_totals: dict[str, dict[str, Any]] | None = None
 
-    async def open(self, codec: Codec) -> RtpSession:
-        """Bind the port pair (ResourceError/OSError when exhausted)."""
+    def open_port(self) -> int | None:
+        """Signalling only (``rtp`` false): the SDP port, :data:`DISCARD_PORT`, with nothing
+        bound, so the caller goes on without awaiting. None: call :meth:`open`."""
+        if self.rtp:
+            return None
+        self.first_rtp_ts = None
+        self.negotiated = None
+        return DISCARD_PORT
+
+    async def open(self, codec: Codec) -> int:
+        """Bind the port pair (ResourceError/OSError when exhausted); the RTP port."""
+        port = self.open_port()
+        if port is not None:
+            return port
         self.first_rtp_ts = None
         self.negotiated = None
         self.codec = SwitchableCodec(codec)
         self.source = SwitchableSource(self._source_for(codec))
         self.session = await self._opener(self.codec, self.source)
-        return self.session
+        return self.session.local_port
 
     def local(
         self, address: str, port: int, codecs: Sequence[Codec], ptime_ms: int, *, offer: bool = True
@@ -103,6 +130,8 @@ class CallMedia:
         the offer carries one line per suite of OFFER_SUITES, an answer's candidates are one
         per suite we accept, of which ``build_answer`` keeps the one matching the offer.
         """
+        if not self.rtp:  # RFC 3264 5.1/6.1: inactive, on the discard port
+            return self._signalling_only(address, codecs, ptime_ms, offer)
         if self.srtp != "sdes":
             return LocalMedia(address=address, port=port, codecs=codecs, ptime_ms=ptime_ms)
         crypto = self._crypto.get(offer)
@@ -118,12 +147,42 @@ class CallMedia:
             proto="RTP/SAVP",
         )
 
+    def _signalling_only(
+        self, address: str, codecs: Sequence[Codec], ptime_ms: int, offer: bool
+    ) -> LocalMedia:
+        """An ``a=inactive`` stream on :data:`DISCARD_PORT` (RTCP too), codecs as configured.
+
+        With ``srtp="sdes"`` it stays RTP/SAVP with ``a=crypto`` keys drawn like a real
+        leg's (so an SRTP-only peer still negotiates); nothing is ever keyed or sent.
+        """
+        crypto: tuple[str, ...] = ()
+        if self.srtp == "sdes":
+            crypto = self._crypto.get(offer) or ()
+            if not crypto:
+                suites = OFFER_SUITES if offer else ANSWER_SUITES
+                attrs = offer_crypto(suites, self._random_bytes)
+                crypto = self._crypto[offer] = tuple(a.serialise() for a in attrs)
+        return LocalMedia(
+            address=address,
+            port=DISCARD_PORT,
+            codecs=codecs,
+            ptime_ms=ptime_ms,
+            direction="inactive",
+            rtcp_port=DISCARD_PORT,
+            crypto=crypto,
+            proto="RTP/SAVP" if crypto else "RTP/AVP",
+        )
+
     @property
     def started(self) -> bool:
         return self.session is not None and self.session.state.value == "started"
 
     def start(self, media: NegotiatedMedia) -> None:
-        """Send and receive as negotiated; NegotiationError if the codec cannot be swapped."""
+        """Send and receive as negotiated; NegotiationError if the codec cannot be swapped.
+        Signalling only: the agreement is kept (``negotiated``), nothing starts."""
+        if not self.rtp:
+            self.negotiated = media
+            return
         session, codec, source = self.session, self.codec, self.source
         if session is None or codec is None or source is None:
             return
@@ -192,6 +251,7 @@ class CallMedia:
         """Close the session (RTCP BYE, ports back); a warning when media was poor."""
         session = self.session
         if session is None:
+            self._crypto.clear()  # signalling only: a next call draws new keys too
             return None
         warning = None
         if answered and self.started:

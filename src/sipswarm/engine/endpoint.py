@@ -148,6 +148,7 @@ class Endpoint:
             host.close_media,
             lambda codec: host.source_for(self, codec),
             srtp=spec.media.srtp.value,
+            rtp=spec.media.rtp,
         )
         self.target: ServerTarget | None = None
         self.call: Call | None = None
@@ -302,7 +303,11 @@ class Endpoint:
         elif self.service:
             self._stack().listen_any(self.key)
         elif self.spec.role is Role.CALLER:
-            self._task = self.host.spawn(self._guard(self._place_call()))
+            port = self.media.open_port()  # signalling only: no socket, no task
+            if port is None:
+                self._task = self.host.spawn(self._guard(self._place_call()))
+            else:
+                self._invite(port, now)
         else:
             self._timer("idle", receiver.idle_limit(self), partial(receiver.idle_timeout, self))
 
@@ -358,18 +363,21 @@ class Endpoint:
 
     # -- caller -------------------------------------------------------------------------
     async def _place_call(self) -> None:
-        host = self.host
+        """Bind the RTP pair (the one await of a caller), then :meth:`_invite`."""
         try:
-            session = await self.media.open(self.codecs[0])
+            port = await self.media.open(self.codecs[0])
         except (ResourceError, OSError) as exc:
             return self._abort(Outcome.OSERROR, f"cannot open RTP ports: {exc}")
         if self.closed:
             return self._stop_media()
         if self.cancelled:
-            return self._teardown(host.loop.time())
-        now = host.loop.time()
+            return self._teardown(self.host.loop.time())
+        self._invite(port, self.host.loop.time())
+
+    def _invite(self, port: int, now: float) -> None:
+        """Offer our media on ``port`` in the INVITE: CALLING."""
         self.offer = build_offer(
-            self._local_media(session.local_port), session_id=int(host.epoch_ms(now) or 0)
+            self._local_media(port), session_id=int(self.host.epoch_ms(now) or 0)
         )
         target = self.call_spec.target or ""
         try:

@@ -124,13 +124,18 @@ def take_call(ep: Endpoint, ev: IncomingCall, now: float) -> None:
         ep._stack().reject(ev.call, 488, now, reason="Not Acceptable Here")
         ep._flush()
         return
-    ep._task = ep.host.spawn(ep._guard(_answer_incoming(ep, offer, media.codec)))
+    port = ep.media.open_port()  # signalling only: nothing to bind, ring at once
+    if port is None:
+        ep._task = ep.host.spawn(ep._guard(_answer_incoming(ep, offer, media.codec)))
+    else:
+        _ring(ep, offer, port, now)
 
 
 async def _answer_incoming(ep: Endpoint, offer: SessionDescription, codec: Codec) -> None:
+    """Bind the RTP pair (the receiver's one await), then :func:`_ring`."""
     call = ep.call
     try:
-        session = await ep.media.open(codec)
+        port = await ep.media.open(codec)
     except (ResourceError, OSError) as exc:
         ep.fail(Outcome.OSERROR, f"cannot open RTP ports: {exc}", 503)
         if call is not None and not call.terminated:
@@ -140,8 +145,15 @@ async def _answer_incoming(ep: Endpoint, offer: SessionDescription, codec: Codec
     if call is None or call.terminated or ep.closed:
         ep._stop_media()  # cancelled while we bound the ports
         return
-    now = ep.host.loop.time()
-    local = ep._local_media(session.local_port, offer=False)
+    _ring(ep, offer, port, ep.host.loop.time())
+
+
+def _ring(ep: Endpoint, offer: SessionDescription, port: int, now: float) -> None:
+    """Our answer with media on ``port``; 180 now (RINGING), 2xx after answer_delay_ms."""
+    call = ep.call
+    if call is None:
+        return
+    local = ep._local_media(port, offer=False)
     answer = build_answer(offer, local, session_id=now_id(now))
     ep.negotiated = answered_media(offer, answer)  # started once the ACK arrives
     ep._stack().ring(call, now)

@@ -359,6 +359,8 @@ class MediaSettings(_Wire):
     source: MediaSource = Field(default_factory=lambda: MediaSource(kind=SourceKind.TONE))
     srtp: SrtpMode = SrtpMode.OFF
     dscp: Annotated[int, AfterValidator(_between(0, 63))] = 46
+    # worker extension (docs/protocol.md): false = signalling-only calls (SDP inactive, no RTP)
+    rtp: bool = True
 
 
 class Action(_Wire):
