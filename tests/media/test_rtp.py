@@ -54,8 +54,10 @@ def test_garbage_is_rejected_without_raising(data: bytes) -> None:
     assert parse_rtp_header(data) is None
 
 
-def test_writer_in_place_sequence_timestamp_marker_and_wrap() -> None:
-    w = RtpPacketWriter(
+def test_writer_in_place_sequence_timestamp_marker_and_wrap(
+    writer_cls: type[RtpPacketWriter],
+) -> None:
+    w = writer_cls(
         ssrc=0x01020304, payload_type=8, sequence=0xFFFF, timestamp=0xFFFFFF60, timestamp_step=160
     )
     first = bytes(w.write(b"\x01" * 160))
@@ -74,6 +76,6 @@ def test_writer_in_place_sequence_timestamp_marker_and_wrap() -> None:
     assert fourth is not None and fourth.sequence == 2 and fourth.timestamp == 160 * 4
 
 
-def test_writer_rejects_bad_payload_type() -> None:
+def test_writer_rejects_bad_payload_type(writer_cls: type[RtpPacketWriter]) -> None:
     with pytest.raises(ValueError, match="payload_type"):
-        RtpPacketWriter(ssrc=1, payload_type=200, sequence=0, timestamp=0, timestamp_step=160)
+        writer_cls(ssrc=1, payload_type=200, sequence=0, timestamp=0, timestamp_step=160)

@@ -41,8 +41,8 @@ def feed(
         assert stats.receive_rtp(data, latest) >= 0
 
 
-def test_in_order_across_the_16_bit_wrap() -> None:
-    s = RtpReceiveStats(8000)
+def test_in_order_across_the_16_bit_wrap(recv_cls: type[RtpReceiveStats]) -> None:
+    s = recv_cls(8000)
     feed(s, [(65500 + i) & 0xFFFF for i in range(100)])
     # 65500..65535 is 36 packets, then 0..63: one wrap, highest = 65536 + 63
     assert s.extended_highest_seq == 65536 + 63
@@ -53,8 +53,8 @@ def test_in_order_across_the_16_bit_wrap() -> None:
     assert s.first_arrival == 0.0 and s.last_arrival == pytest.approx(99 * 0.02)
 
 
-def test_loss_gaps_and_fraction() -> None:
-    s = RtpReceiveStats(8000)
+def test_loss_gaps_and_fraction(recv_cls: type[RtpReceiveStats]) -> None:
+    s = recv_cls(8000)
     s.close_interval(0.0)
     feed(s, [q for q in range(20) if q not in (5, 6, 10)])
     # 20 expected (0..19), 17 received, two holes (5-6 and 10)
@@ -72,16 +72,16 @@ def test_loss_gaps_and_fraction() -> None:
     assert s.report_block() == (0, 3, 23, 0)
 
 
-def test_reorder_fills_the_hole() -> None:
-    s = RtpReceiveStats(8000)
+def test_reorder_fills_the_hole(recv_cls: type[RtpReceiveStats]) -> None:
+    s = recv_cls(8000)
     feed(s, [0, 1, 2, 4, 3, 5])
     assert s.out_of_order_packets == 1
     assert s.sequence_number_gaps == 1  # 2 -> 4
     assert s.packets_lost == 0 and s.packets_received == 6
 
 
-def test_duplicates_do_not_hide_loss() -> None:
-    s = RtpReceiveStats(8000)
+def test_duplicates_do_not_hide_loss(recv_cls: type[RtpReceiveStats]) -> None:
+    s = recv_cls(8000)
     feed(s, [0, 1, 2, 2, 4, 1, 5])
     assert s.duplicate_packets == 2  # the second 2 and the late 1
     assert s.packets_received == 7
@@ -89,8 +89,8 @@ def test_duplicates_do_not_hide_loss() -> None:
     assert s.out_of_order_packets == 0
 
 
-def test_jitter_by_hand() -> None:
-    s = RtpReceiveStats(8000)
+def test_jitter_by_hand(recv_cls: type[RtpReceiveStats]) -> None:
+    s = recv_cls(8000)
     for seq, arrival in [(0, 0.0), (1, 0.020), (2, 0.045), (3, 0.060)]:
         s.receive_rtp(build_rtp(0, seq, seq * 160, SSRC, FRAME), arrival)
     # D(0,1) = 0 -> J = 0; D(1,2) = 25 ms - 20 ms = 40 units -> J = 40/16 = 2.5
@@ -100,16 +100,16 @@ def test_jitter_by_hand() -> None:
     assert s.jitter_max == pytest.approx(4.84375)
 
 
-def test_jitter_across_timestamp_wrap() -> None:
-    s = RtpReceiveStats(8000)
+def test_jitter_across_timestamp_wrap(recv_cls: type[RtpReceiveStats]) -> None:
+    s = recv_cls(8000)
     for i in range(3):
         ts = (0xFFFFFF60 + i * 160) & 0xFFFFFFFF
         s.receive_rtp(build_rtp(0, i, ts, SSRC, FRAME), i * 0.02)
     assert s.jitter == pytest.approx(0.0, abs=1e-6)
 
 
-def test_probation_counts_the_first_packets_once_validated() -> None:
-    s = RtpReceiveStats(8000)
+def test_probation_counts_the_first_packets_once_validated(recv_cls: type[RtpReceiveStats]) -> None:
+    s = recv_cls(8000)
     feed(s, [10])
     assert s.packets_received == 0 and s.report_block() is None
     feed(s, [50, 51, 52], start=0.02)
@@ -118,16 +118,16 @@ def test_probation_counts_the_first_packets_once_validated() -> None:
     assert (s.packets_received, s.packets_expected, s.packets_lost) == (3, 3, 0)
 
 
-def test_ssrc_switch_restarts_and_keeps_cumulative_loss() -> None:
-    s = RtpReceiveStats(8000)
+def test_ssrc_switch_restarts_and_keeps_cumulative_loss(recv_cls: type[RtpReceiveStats]) -> None:
+    s = recv_cls(8000)
     feed(s, [0, 1, 2, 4, 5, 6, 7, 8, 9])  # seq 3 lost
     feed(s, range(1000, 1010), ssrc=0x55667788, start=0.2)
     assert s.ssrc_switches == 1 and s.ssrc == 0x55667788
     assert (s.packets_received, s.packets_expected, s.packets_lost) == (19, 20, 1)
 
 
-def test_large_jump_needs_two_sequential_packets() -> None:
-    s = RtpReceiveStats(8000)
+def test_large_jump_needs_two_sequential_packets(recv_cls: type[RtpReceiveStats]) -> None:
+    s = recv_cls(8000)
     feed(s, range(10))
     feed(s, [20000, 20001, 20002], start=0.2)
     # A.1: 20000 is dropped as a possible stray; 20001 == bad_seq -> resync, base 20001
@@ -136,22 +136,24 @@ def test_large_jump_needs_two_sequential_packets() -> None:
     assert s.extended_highest_seq == 20002
 
 
-def test_stray_old_packet_after_jump_is_dropped() -> None:
-    s = RtpReceiveStats(8000)
+def test_stray_old_packet_after_jump_is_dropped(recv_cls: type[RtpReceiveStats]) -> None:
+    s = recv_cls(8000)
     feed(s, range(10))
     feed(s, [30000, 10, 11], start=0.2)
     assert s.packets_received == 12 and s.packets_lost == 0
 
 
-def test_garbage_is_counted_and_dropped() -> None:
-    s = RtpReceiveStats(8000)
+def test_garbage_is_counted_and_dropped(recv_cls: type[RtpReceiveStats]) -> None:
+    s = recv_cls(8000)
     assert s.receive_rtp(b"\x00" * 20, 0.0) == -1
     assert s.receive_rtp(b"", 0.0) == -1
     assert s.invalid_packets == 2 and s.packets_received == 0 and s.ssrc is None
 
 
-def test_snapshot_has_exactly_the_protocol_keys() -> None:
-    send, recv = RtpSendStats(), RtpReceiveStats(8000)
+def test_snapshot_has_exactly_the_protocol_keys(
+    recv_cls: type[RtpReceiveStats], send_cls: type[RtpSendStats]
+) -> None:
+    send, recv = send_cls(), recv_cls(8000)
     snap = metrics_snapshot(send, recv, Quality(), RemoteReport())
     assert set(snap["send"]) == {
         "packets_sent",
@@ -181,8 +183,10 @@ def test_snapshot_has_exactly_the_protocol_keys() -> None:
     assert snap["recv"]["mos"] is None and snap["send"]["packets_sent_rate_ps"] is None
 
 
-def test_snapshot_with_figures() -> None:
-    send, recv = RtpSendStats(), RtpReceiveStats(8000)
+def test_snapshot_with_figures(
+    recv_cls: type[RtpReceiveStats], send_cls: type[RtpSendStats]
+) -> None:
+    send, recv = send_cls(), recv_cls(8000)
     send.close_interval(10.0)
     recv.close_interval(10.0)
     send.packets_sent, send.bytes_sent = 50, 50 * 172
