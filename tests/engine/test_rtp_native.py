@@ -69,7 +69,7 @@ async def connected_pair(native: bool, seed: int) -> tuple[MediaEngine, RtpSessi
     session.start(peer.getsockname(), None, send=False, dtmf_payload_type=DTMF_PT)
     peer.sendto(build_rtp(0, 1, 0, SSRC, b"\xff" * 160), (LOCAL, session.local_port))
     await until(lambda: session._connected)
-    assert session.native is native and session._polled is native
+    assert session.native is native and session._fast.polled is native
     return engine, session, peer
 
 
@@ -171,16 +171,16 @@ def test_socket_moves_between_poller_and_loop() -> None:
         assert poller is not None and poller.registered == 1
         # rtcp-mux: RTCP arrives on the RTP socket and must reach the RTCP code
         session.start(peer.getsockname(), None, rtcp_mux=True, dtmf_payload_type=DTMF_PT)
-        assert poller.registered == 0 and not session._polled
+        assert poller.registered == 0 and not session._fast.polled
         peer.sendto(build_bye(SSRC, "bye", cname="x"), (LOCAL, session.local_port))
         await until(lambda: session.remote_bye)
         session.start(peer.getsockname(), None, dtmf_payload_type=DTMF_PT)
-        assert poller.registered == 1 and session._polled
+        assert poller.registered == 1 and session._fast.polled
         other = udp_socket()  # a new remote: disconnected, read by the loop again
         session.start(other.getsockname(), None, dtmf_payload_type=DTMF_PT)
         assert poller.registered == 0 and session._tx.fd == -1
         other.sendto(build_rtp(0, 50, 0, SSRC + 7, b"\xff" * 160), (LOCAL, session.local_port))
-        await until(lambda: session._polled)  # the new peer proved its source: back in C
+        await until(lambda: session._fast.polled)  # the new peer proved its source: back in C
         engine.close_session(session)
         assert poller.registered == 0
         before = session.recv_stats.packets_received

@@ -11,7 +11,11 @@ gap) the slot carries audio again.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sipswarm.media.dtmf import DtmfPacket
+from sipswarm.media.rtp import RtpPacketWriter
+from sipswarm.media.stats import RtpSendStats
 
 
 class DtmfPlayback:
@@ -22,11 +26,17 @@ class DtmfPlayback:
     from it), ``ptime_ms`` the slot length.
     """
 
-    __slots__ = ("_plan", "_pos", "ptime_ms", "start_index", "start_timestamp")
+    __slots__ = ("_plan", "_pos", "payload_type", "ptime_ms", "start_index", "start_timestamp")
 
     def __init__(
-        self, plan: list[DtmfPacket], start_index: int, start_timestamp: int, ptime_ms: int
+        self,
+        plan: list[DtmfPacket],
+        start_index: int,
+        start_timestamp: int,
+        ptime_ms: int,
+        payload_type: int,
     ) -> None:
+        self.payload_type = payload_type
         self._plan = plan
         self._pos = 0
         self.start_index = start_index
@@ -47,3 +57,35 @@ class DtmfPlayback:
             end += 1
         self._pos = end
         return plan[pos:end]
+
+    def send(
+        self,
+        due: list[DtmfPacket],
+        writer: RtpPacketWriter,
+        send: Callable[[bytes], int],
+        stats: RtpSendStats,
+    ) -> int:
+        """Send ``due`` (from :meth:`due`) in place of one audio frame; return packets sent.
+
+        Each takes the stream's next sequence number (RFC 4733 §2.1); the audio
+        timestamp moves on by the one frame the slot replaced. A failed send
+        (socket buffer full) is counted in ``send_errors``, as for audio.
+        """
+        sent = 0
+        for pkt in due:
+            packet = writer.write_event(
+                pkt.payload,
+                self.payload_type,
+                self.start_timestamp + pkt.timestamp_offset,
+                pkt.marker,
+            )
+            try:
+                send(packet)
+            except OSError:
+                stats.send_errors += 1
+                continue
+            stats.packets_sent += 1
+            stats.bytes_sent += len(packet)
+            sent += 1
+        writer.advance_timestamp(1)
+        return sent

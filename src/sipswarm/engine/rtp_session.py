@@ -8,10 +8,11 @@ already bound, so the SDP offer can name them. :meth:`RtpSession.start`
 (after the answer) sets the remote addresses and joins the process's single
 :class:`~sipswarm.engine.media_clock.MediaClock`, which calls
 ``_send_frame`` once per ptime in the session's slot: the next encoded frame
-of the source is written into the stream's preallocated packet buffer
-(:class:`~sipswarm.media.rtp.RtpPacketWriter`) and handed to the socket.
-Received datagrams go straight into
-:class:`~sipswarm.media.stats.RtpReceiveStats` with a monotonic arrival time.
+of the source goes out behind a header from
+:class:`~sipswarm.media.rtp.RtpPacketWriter`. Received datagrams go straight
+into :class:`~sipswarm.media.stats.RtpReceiveStats` with a monotonic arrival
+time. While the session is plain and connected both run in C
+(:mod:`sipswarm.engine.rtp_fastpath`); this module is the general path.
 
 RTCP (RFC 3550 §6) is the session's
 :class:`~sipswarm.engine.rtcp_session.RtcpReporter`: SR or RR at the
@@ -35,15 +36,12 @@ not be steered by whoever can reach its ports.
 
 Connected sockets: once the first valid RTP packet arrives *from* the address
 we send to (the peer is symmetric, RFC 4961), or from the address we latch
-on, the RTP socket is ``connect()``-ed to it. From then on packets go out
-with ``send`` (no per-packet address conversion in Python, no per-packet
-route lookup in the kernel: ~0.8 µs less per packet here) and come in with
-``recv``; the kernel then drops datagrams from any other source before we see
-them, so none of them is counted as ours. Until then (and for good with an
-asymmetric peer, whose media comes from another port than its SDP names) the
-socket stays unconnected and every source is read and counted, as before.
-A re-``start`` to a new remote dissolves the association
-(:func:`~sipswarm.engine.ports.disconnect_udp`) and the check starts over.
+on, the RTP socket is ``connect()``-ed to it: ``send``/``recv`` from then on
+(no per-packet address conversion or route lookup), and the kernel drops
+datagrams from any other source before we count them. An asymmetric peer
+(media from another port than its SDP names) keeps the socket unconnected
+and every source is read and counted. A re-``start`` to a new remote
+dissolves the association (:func:`~sipswarm.engine.ports.disconnect_udp`).
 
 SRTP (RFC 3711): ``start(..., srtp=ctx)`` with an
 :class:`~sipswarm.engine.srtp.SrtpContext` puts libsrtp on both paths: the
@@ -61,32 +59,25 @@ import random
 import socket
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final
 
 from sipswarm._native import core
 from sipswarm.engine.media_clock import MediaClock
 from sipswarm.engine.ports import PortAllocation, disconnect_udp, set_dscp
 from sipswarm.engine.rtcp_session import IP_UDP_OVERHEAD, RTCP_BW_FRACTION, RtcpReporter
 from sipswarm.engine.rtp_dtmf import DtmfPlayback
+from sipswarm.engine.rtp_fastpath import FastPath, hot_path_classes
 from sipswarm.engine.rtp_state import TRANSITIONS, FrameSource, MediaCodec, SessionState
 from sipswarm.engine.srtp import LibSrtpError, SrtpContext
 from sipswarm.errors import ConfigError, InvalidState
 from sipswarm.media.dtmf import DtmfEvent, DtmfReceiver, DtmfSender
 from sipswarm.media.emodel import impairment_for, mos_from_r, r_factor
 from sipswarm.media.rtcp import build_bye, is_rtcp
-from sipswarm.media.rtp import PyRtpPacketWriter, RtpPacketWriter, parse_rtp_header
-from sipswarm.media.stats import (
-    PyRtpReceiveStats,
-    PyRtpSendStats,
-    Quality,
-    RemoteReport,
-    RtpReceiveStats,
-    RtpSendStats,
-    metrics_snapshot,
-)
+from sipswarm.media.rtp import parse_rtp_header
+from sipswarm.media.stats import Quality, RemoteReport, metrics_snapshot
 
 if TYPE_CHECKING:
-    from sipswarm._rtpcore import Poller, RecvBase
+    from sipswarm._rtpcore import Poller
 
 Address = tuple[str, int]
 _monotonic = time.monotonic
@@ -110,42 +101,6 @@ def _discard(data: bytes) -> int:
 
 #: Largest datagram read; anything longer is truncated and then rejected by the parsers.
 RECV_SIZE: Final = 2048
-
-
-class PySendState:
-    """Where the next frame and the last schedule are kept on the pure-Python path.
-
-    The same fields as ``sipswarm._rtpcore.Sender``, which is the state (and the
-    clock's callback) on the C path; ``fd`` is unused here.
-    """
-
-    __slots__ = ("fd", "frame_index", "last_due")
-
-    def __init__(self) -> None:
-        self.fd = -1
-        self.frame_index = 0
-        self.last_due = 0.0
-
-
-def contiguous_frames(source: FrameSource) -> tuple[bytes, int, int] | None:
-    """``(buffer, frame_bytes, frames)`` when every frame is a fixed slice of one buffer.
-
-    What the C sender needs to slice frames itself; ``media.sources.EncodedSource``
-    keeps G.711/G.722 that way. Anything else (Opus, a test's own source) returns
-    None and is sent through ``source.frame()``. The layout is checked against
-    ``frame()`` on the first and last frame, so a different source cannot be misread.
-    """
-    buffer = getattr(source, "_buffer", None)
-    size = getattr(source, "_frame_bytes", 0)
-    frames = getattr(source, "frames", 0)
-    if not isinstance(buffer, bytes) or not isinstance(size, int) or not isinstance(frames, int):
-        return None
-    if size <= 0 or frames <= 0 or len(buffer) != size * frames:
-        return None
-    last = (frames - 1) * size
-    if source.frame(0) != buffer[:size] or source.frame(frames - 1) != buffer[last:]:
-        return None
-    return buffer, size, frames
 
 
 class RtpSession:
@@ -185,29 +140,22 @@ class RtpSession:
         rate = codec.rtp_clock_rate
         self._step = ptime_ms * rate // 1000
         self.native = poller is not None and core is not None
-        self._poller = poller
-        self._writer = (RtpPacketWriter if self.native else PyRtpPacketWriter)(
+        writer_cls, send_cls, recv_cls = hot_path_classes(self.native)
+        self._writer = writer_cls(
             ssrc=ssrc,
             payload_type=codec.payload_type,
             sequence=rand.getrandbits(16),  # RFC 3550 §5.1: random initial values
             timestamp=rand.getrandbits(32),
             timestamp_step=self._step,
         )
-        self.send_stats = (RtpSendStats if self.native else PyRtpSendStats)()
-        self.recv_stats = (RtpReceiveStats if self.native else PyRtpReceiveStats)(rate)
+        self.send_stats = send_cls()
+        self.recv_stats = recv_cls(rate)
         self.quality = Quality()
         self.remote = RemoteReport()
         self.socket_errors = 0
-        self._tx: Any = PySendState()
-        self._clock_cb: Callable[[float], None] = self._send_frame
-        self._contiguous = False
-        if self.native:
-            assert core is not None
-            self._tx = self._clock_cb = core.Sender(self._writer, self.send_stats, self._send_frame)
-            frames = contiguous_frames(source)
-            if frames is not None:
-                self._contiguous = bool(self._tx.set_source(*frames))
-        self._polled = False
+        self._fast = FastPath(loop, poller, self._writer, self.send_stats, self._send_frame, source)
+        self._tx = self._fast.tx
+        self._clock_cb = self._fast.clock_cb
         self._sending = False
         self._paused_at: float | None = None
         self._rtp_sock: socket.socket | None = None
@@ -487,33 +435,18 @@ class RtpSession:
         self._refresh_fast_paths()
 
     def _refresh_fast_paths(self) -> None:
-        """Hand the socket to the C sender and poller while the session is plain, take it back.
-
-        Send in C: connected, no SRTP, no DTMF playing, frames in one buffer.
-        Receive in C: connected, no SRTP, no rtcp-mux (muxed RTCP arrives on
-        the RTP socket and must reach the RTCP code); otherwise the socket is
-        the loop's reader again (``_on_rtp_readable``).
-        """
-        sock = self._rtp_sock
-        live = sock is not None and self._connected and self.state is SessionState.STARTED
-        plain_send = live and self.srtp is None and self._dtmf_playback is None
-        if self.native and sock is not None:
-            self._tx.fd = sock.fileno() if plain_send and self._contiguous else -1
-        poller = self._poller
-        if poller is None or sock is None:
-            return
-        fd = sock.fileno()
-        if live and self._plain:
-            if not self._polled:
-                self.loop.remove_reader(fd)
-                self._polled = True
-            # (re-)register: a re-INVITE may have changed the telephone-event type
-            stats = cast("RecvBase", self.recv_stats)  # a C RecvBase: self.native
-            poller.register(fd, stats, self._dtmf_pt, self._on_dtmf, self._on_poll_error)
-        elif self._polled:
-            poller.unregister(fd)
-            self._polled = False
-            self.loop.add_reader(fd, self._on_rtp_readable)
+        """The socket to C while plain (rtcp-mux: RTCP must reach Python), back otherwise."""
+        live = self._connected and self.state is SessionState.STARTED
+        self._fast.update(
+            self._rtp_sock,
+            send_plain=live and self.srtp is None and self._dtmf_playback is None,
+            recv_plain=live and self._plain,
+            stats=self.recv_stats,
+            dtmf_pt=self._dtmf_pt,
+            on_dtmf=self._on_dtmf,
+            on_error=self._on_poll_error,
+            on_readable=self._on_rtp_readable,
+        )
 
     def _on_poll_error(self) -> None:
         """The C poller's recv failed (EAGAIN after a spurious wake-up, an ICMP error)."""
@@ -535,7 +468,7 @@ class RtpSession:
         sender = DtmfSender(self.codec.rtp_clock_rate, self.ptime_ms, duration_ms, gap_ms)
         plan = sender.packets(digits)
         self._dtmf_playback = DtmfPlayback(
-            plan, self._tx.frame_index, self._writer.timestamp, self.ptime_ms
+            plan, self._tx.frame_index, self._writer.timestamp, self.ptime_ms, self._dtmf_pt
         )
         self._refresh_fast_paths()
 
@@ -553,22 +486,7 @@ class RtpSession:
             self._refresh_fast_paths()
         if not due:
             return False
-        for pkt in due:
-            packet = self._writer.write_event(
-                pkt.payload,
-                self._dtmf_pt,
-                playback.start_timestamp + pkt.timestamp_offset,
-                pkt.marker,
-            )
-            try:
-                self._send(packet)
-            except OSError:
-                self.send_stats.send_errors += 1
-                continue
-            self.send_stats.packets_sent += 1
-            self.send_stats.bytes_sent += len(packet)
-            self.dtmf_packets_sent += 1
-        self._writer.advance_timestamp(1)  # the audio frame this slot replaced
+        self.dtmf_packets_sent += playback.send(due, self._writer, self._send, self.send_stats)
         return True
 
     def _on_dtmf(self, data: bytes) -> None:
@@ -685,14 +603,8 @@ class RtpSession:
             bye = build_bye(self.ssrc, reason, cname=self.cname, blocks=self.rtcp.report_blocks())
             self.send_rtcp(bye)
         self._close_rtcp_socket()
-        self._tx.fd = -1
         if self._rtp_sock is not None:
-            fd = self._rtp_sock.fileno()
-            if self._polled and self._poller is not None:
-                self._poller.unregister(fd)
-                self._polled = False
-            else:
-                self.loop.remove_reader(fd)
+            self._fast.release(self._rtp_sock)
             self._rtp_sock = None
         self._connected = False
         self._set_sender(_discard)
