@@ -17,6 +17,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 python3 -m pip install -q -e '.[test]'
+# The C RTP hot path (setup.py, optional there) must have built: tests/media/test_native.py fails if not.
+export SIPSWARM_REQUIRE_NATIVE=1
 
 echo "== ruff check"; ruff check src tests bench
 echo "== ruff format --check"; ruff format --check src tests bench
