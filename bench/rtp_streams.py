@@ -37,12 +37,17 @@ difference to a run without it is libsrtp's cost per packet.
 
 It prints a markdown table and writes it with ``--output``.
 
+The per-packet path is the C extension (``sipswarm._rtpcore``) when it built;
+``SIPSWARM_NATIVE=0`` runs the pure-Python fallback (this process and the far
+end) for an A/B comparison. The header line says which one ran.
+
 A benchmark, not a test: figures depend on what else runs on the machine.
 
     python bench/rtp_streams.py --streams 250,500,1000,1500,2000 --seconds 10
     python bench/rtp_streams.py --streams 250,500,1000,1500,2000 --seconds 10 --far-end process
     python bench/rtp_streams.py --streams 500,1000 --seconds 10 --srtp
     python bench/rtp_streams.py --streams 1000 --seconds 10 --gc default --timer loop
+    SIPSWARM_NATIVE=0 python bench/rtp_streams.py --streams 250,500,1000 --seconds 10
 """
 
 from __future__ import annotations
@@ -64,7 +69,7 @@ import psutil
 
 from sipswarm.agent.shard_process import tune_gc
 from sipswarm.engine.media_clock import BUCKET_S, LatencyHistogram, TimerKind
-from sipswarm.engine.media_engine import MediaEngine
+from sipswarm.engine.media_engine import NATIVE, MediaEngine
 from sipswarm.engine.rtp_session import RtpSession
 from sipswarm.engine.srtp import SrtpContext
 from sipswarm.media.codecs import codec_by_name
@@ -435,7 +440,8 @@ def main(argv: list[str] | None = None) -> int:
     ours = (low, mid) if args.far_end == "process" else (low, high)
     lines = [
         f"`{' '.join(['python', 'bench/rtp_streams.py', *sys.argv[1:]])}` "
-        f"({args.loop}, far end {args.far_end}, GC {args.gc}, timer {args.timer}, "
+        f"({args.loop}, hot path {'C' if NATIVE else 'Python'}, far end {args.far_end}, "
+        f"GC {args.gc}, timer {args.timer}, "
         f"{os.cpu_count()} CPUs, "
         f"load average before: "
         f"{', '.join(f'{x:.2f}' for x in os.getloadavg())})",
