@@ -130,14 +130,15 @@ Poller_register(Poller *self, PyObject *args)
     e->on_error = Py_NewRef(on_error);
     e->dtmf_pt = dtmf_pt;
     PollEntry *old = self->entries[fd];
-    if (old == NULL) {
-        struct epoll_event ev = {.events = EPOLLIN, .data.fd = fd};
-        if (epoll_ctl(self->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
-            entry_free(e);
-            return PyErr_SetFromErrno(PyExc_OSError);
-        }
-        self->registered++;
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = fd};
+    /* MOD on a known fd re-arms it even if a closed socket's fd was reused under us */
+    int rc = old != NULL ? epoll_ctl(self->epfd, EPOLL_CTL_MOD, fd, &ev) : -1;
+    if (rc < 0 && epoll_ctl(self->epfd, EPOLL_CTL_ADD, fd, &ev) < 0 && errno != EEXIST) {
+        entry_free(e);
+        return PyErr_SetFromErrno(PyExc_OSError);
     }
+    if (old == NULL)
+        self->registered++;
     self->entries[fd] = e; /* re-registering updates the entry (a re-INVITE's new event PT) */
     if (old != NULL)
         entry_free(old);
