@@ -25,6 +25,7 @@ from sipswarm.media.dtmf import build_event_payload
 from sipswarm.media.rtcp import build_bye
 from sipswarm.media.rtp import build_rtp
 from sipswarm.media.sources import get_source
+from sipswarm.media.stats import RtpReceiveStats
 from tests.engine.test_media_ports_clock import free_even_range
 
 LOCAL = "127.0.0.1"
@@ -191,3 +192,33 @@ def test_socket_moves_between_poller_and_loop() -> None:
         await engine.close()
 
     uvloop.run(run())
+
+
+@pytest.mark.timeout(10)
+def test_poller_counts_garbage_and_survives_a_reused_descriptor() -> None:
+    core = _native.core
+    assert core is not None
+    poller = core.Poller(max_events=1)  # one socket per poll: leftovers come next time
+    stats = RtpReceiveStats(8000)
+    errors: list[int] = []
+    first = udp_socket()
+    fd = first.fileno()
+    poller.register(fd, stats, DTMF_PT, lambda data: None, lambda: errors.append(1))
+    first.close()  # closed without unregister: the kernel drops it from the epoll
+    sock = udp_socket()
+    assert sock.fileno() == fd
+    poller.register(fd, stats, DTMF_PT, lambda data: None, lambda: errors.append(1))
+    sender = udp_socket()
+    for data in (b"", b"\x80", b"\x00" * 2048, build_rtp(0, 1, 0, SSRC, b"\xff" * 160)):
+        sender.sendto(data, sock.getsockname())
+    for _ in range(200):
+        if poller.packets >= 4:
+            break
+        poller.poll()
+    assert (poller.packets, stats.invalid_packets, errors) == (4, 3, [])
+    assert stats.ssrc == SSRC and stats.packets_received == 0  # on probation
+    assert poller.unregister(fd) and not poller.unregister(fd) and poller.registered == 0
+    poller.close()
+    assert poller.poll() == 0 and poller.fileno() == -1
+    sock.close()
+    sender.close()
