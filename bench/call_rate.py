@@ -88,10 +88,12 @@ class Result:
 class Bed:
     """Kamailio, both far ends and the sipswarm callers; ``close()`` stops them by PID."""
 
-    def __init__(self, workdir: Path, shards: int, rtp: bool = False) -> None:
+    def __init__(self, workdir: Path, shards: int, rtp: bool = False, far_gc: str = "tuned"
+                 ) -> None:  # fmt: skip
         self.workdir = workdir
         self.shards = shards
         self.rtp = rtp  # sipswarm calls with media (--media), else signalling only
+        self.far_gc = far_gc
         self.kam: Kamailio | None = None
         self.uas: SippUas | None = None
         self.far: ManagedProcess | None = None
@@ -107,6 +109,7 @@ class Bed:
                 "--duration", "30", "--rtp-ports", "40000-49999"]  # fmt: skip
         if not self.rtp:
             argv.append("--no-rtp")
+        argv += ["--gc", self.far_gc]
         env_path = f"{harness.ROOT / 'src'}:{harness.BENCH}:{harness.ROOT}"
         os.environ["PYTHONPATH"] = env_path
         self.far = ManagedProcess(argv, self.workdir / "swarm_answer.log")
@@ -368,7 +371,7 @@ async def amain(args: argparse.Namespace) -> None:
         "with RTP (--media)" if args.media else "signalling only (media.rtp false)",
     )
     with tempfile.TemporaryDirectory(prefix="sipswarm-rate-") as tmp:
-        bed = Bed(Path(tmp), args.shards, rtp=args.media)
+        bed = Bed(Path(tmp), args.shards, rtp=args.media, far_gc=args.far_gc)
         results: list[Result] = []
         try:
             await bed.open()
@@ -396,6 +399,12 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=2)
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--pause", type=float, default=2.0, help="seconds between runs")
+    parser.add_argument(
+        "--far-gc",
+        choices=("tuned", "default"),
+        default="tuned",
+        help="the sipswarm far end's GC: tuned as a shard's, or Python's",
+    )
     parser.add_argument("--media", action="store_true",
                         help="sipswarm calls carry RTP (default: signalling only, media.rtp "
                              "false, as SIPp's UAC/UAS here)")  # fmt: skip

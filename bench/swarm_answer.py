@@ -1,12 +1,15 @@
 """A sipswarm far end for the benchmarks: one engine process answering every call.
 
     python bench/swarm_answer.py --port 5070 --duration 30 [--rtp-ports 40000-49999] [--no-rtp]
+        [--gc tuned|default]
 
 The same :class:`~sipswarm.engine.engine.EndpointEngine` service endpoint as
 ``sipswarm answer`` (each INVITE, for any user, goes to a child receiver that
 rings, answers, sends a 440 Hz PCMU tone and hangs up after ``--duration``
 unless the caller does first), with items counted instead of printed, so that
-the far end costs what the engine costs. It prints ``ready`` once listening
+the far end costs what the engine costs. Its garbage collector is tuned as an
+engine shard's (``--gc default`` keeps Python's; ``sipswarm answer`` itself
+does not tune it). It prints ``ready`` once listening
 and one JSON line of counts on SIGTERM/SIGINT, then exits 0. It is the
 counterpart of SIPp's UAS in bench/call_rate.py and bench/capacity.py.
 """
@@ -25,6 +28,7 @@ import uvloop
 
 import harness
 from sipswarm.agent.assignment import validate_assignment
+from sipswarm.agent.shard_process import tune_gc
 from sipswarm.engine.engine import EndpointEngine, EngineSettings
 from sipswarm.protocol import TraceMode
 
@@ -66,6 +70,8 @@ async def serve(args: argparse.Namespace) -> dict[str, Any]:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     engine.start_service(spec.endpoints[0], "far", TraceMode.NONE)
+    if args.gc == "tuned":
+        tune_gc()  # as an engine shard does once built (agent/shard_process.py)
     print("ready", flush=True)
     await stop.wait()
     result = {
@@ -83,6 +89,12 @@ def main() -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--duration", type=float, default=30.0)
     parser.add_argument("--rtp-ports", default="40000-49999")
+    parser.add_argument(
+        "--gc",
+        choices=("tuned", "default"),
+        default="tuned",
+        help="tuned: collect as an engine shard does (freeze, thresholds 50,000/20/100)",
+    )
     parser.add_argument(
         "--no-rtp",
         action="store_true",

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from sipswarm.controller.dispatch import Dispatch, WorkerSlot, allocate, assign_json
 from sipswarm.controller.plan import PlanError, load_plan, load_plan_file
 from sipswarm.errors import ConfigError
+from sipswarm.protocol.enums import Phase
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -359,3 +361,27 @@ def test_calls_sure_to_fail_are_warned_about() -> None:
         "group 'tx': call.ring_timeout_s 4 ends before 'rx' answers (answer_delay_ms 5000):"
         " every call will be cancelled (487)",
     )
+
+
+def test_media_rtp_false_loads_travels_and_refuses_media_actions() -> None:
+    media = "media: {codecs: [PCMA], source: {kind: silence}}"
+    quiet = "media: {codecs: [PCMA], source: {kind: silence}, rtp: false}"
+    plan = load_plan(GOOD.replace(media, quiet))
+    assert plan.groups[1].media.rtp is False and plan.groups[0].media.rtp is True
+    d = Dispatch(plan, "r", allocate(plan, "r", [WorkerSlot("w", 10)]))
+    ((_, rx),) = d.receiver_assigns(0)
+    assert "rtp" not in assign_json(rx, plan)["endpoints"][0]["media"]  # default: not sent
+    for i in range(3):
+        d.receive_phase(f"r/receivers/{i}", Phase.REGISTERED, f"sip:200{i}@127.0.0.1:5999")
+    ((_, tx),), _ = d.caller_assigns(5)
+    assert assign_json(tx, plan)["endpoints"][0]["media"]["rtp"] is False
+    bad = CALLER.replace(media, quiet).replace(
+        "ACTIONS", "[{at_s: 1, do: hold}, {on: dtmf_received, do: hangup}, {at_s: 1, do: hangup}]"
+    )
+    issues = _plan_issues(bad)
+    assert issues == [
+        "groups[1].actions[0] (line 24): do: hold needs media and media.rtp is false"
+        " (signalling-only calls); set media.rtp: true or drop the action",
+        "groups[1].actions[1] (line 24): on: dtmf_received needs media and media.rtp is false"
+        " (signalling-only calls); set media.rtp: true or drop the action",
+    ]

@@ -300,11 +300,21 @@ class EndpointEngine:
         if runtime is None or runtime.stack is None:
             return
         self._children += 1
-        spec = dataclasses.replace(
-            service.spec,
-            endpoint_id=f"{service.endpoint_id}/{self._children}",
-            registrar=dataclasses.replace(service.spec.registrar, register=False),
-        )
+        s = service.spec  # the child: the service's spec, its own id, never registers
+        registrar = s.registrar
+        if registrar.register:
+            registrar = dataclasses.replace(registrar, register=False)
+        spec = EndpointSpec(
+            f"{s.endpoint_id}/{self._children}",
+            s.group,
+            s.role,
+            s.start_offset_ms,
+            s.account,
+            registrar,
+            s.call,
+            s.media,
+            s.actions,
+        )  # positional: dataclasses.replace walks fields() on every call
         child = Endpoint(self, spec, service.run_id, service.trace)
         child.runtime = runtime
         runtime.stack.adopt(event.call, child.key, service.account.username)

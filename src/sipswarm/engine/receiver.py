@@ -9,7 +9,9 @@ INVITE, ACK and idle-timer events here::
 
     on_incoming(ep, IncomingCall)     busy (486), adopted by a child, or take_call
     take_call(ep, ev, now)            CALLING; pick the codec from the offer (488 if none)
-    _answer_incoming (task)           bind RTP, 180 -> RINGING, answer after answer_delay_ms
+    _answer_incoming (task)           bind RTP (media.rtp true), then _ring
+    _ring(ep, answer, media, now)     180 -> RINGING, 2xx after answer_delay_ms (signalling
+                                      only: straight from take_call, no task, one answer)
     _answer(ep, sdp, now)             2xx -> NEGOTIATING
     on_confirmed(ep, CallConfirmed)   ACK: start media -> INCALL
     call_over(ep, now)                a call ended: wait for the next one, or close
@@ -36,6 +38,7 @@ from typing import TYPE_CHECKING
 from sipswarm.errors import NegotiationError, ResourceError
 from sipswarm.media.codecs import Codec
 from sipswarm.media.sdp import (
+    NegotiatedMedia,
     SdpError,
     SessionDescription,
     answered_media,
@@ -114,21 +117,22 @@ def take_call(ep: Endpoint, ev: IncomingCall, now: float) -> None:
     if old is not None:
         old.cancel()
     ep._advance(Phase.CALLING, now)
+    port = ep.media.open_port()  # signalling only: nothing to bind, the answer is final
     try:
         offer = parse_sdp(ev.sdp_offer)
-        # pick the codec first; the real port goes in once the session is bound
-        probe = build_answer(offer, ep._local_media(9, offer=False), session_id=0)
-        media = answered_media(offer, probe)
+        # with RTP: pick the codec first; the real port goes in once the session is bound
+        local = ep._local_media(9 if port is None else port, offer=False)
+        answer = build_answer(offer, local, session_id=0 if port is None else now_id(now))
+        media = answered_media(offer, answer)
     except (NegotiationError, SdpError) as exc:
         ep.fail(Outcome.NEGOTIATION_FAILED, f"offer not acceptable: {exc}", 488)
         ep._stack().reject(ev.call, 488, now, reason="Not Acceptable Here")
         ep._flush()
         return
-    port = ep.media.open_port()  # signalling only: nothing to bind, ring at once
     if port is None:
         ep._task = ep.host.spawn(ep._guard(_answer_incoming(ep, offer, media.codec)))
     else:
-        _ring(ep, offer, port, now)
+        _ring(ep, answer, media, now)
 
 
 async def _answer_incoming(ep: Endpoint, offer: SessionDescription, codec: Codec) -> None:
@@ -145,17 +149,17 @@ async def _answer_incoming(ep: Endpoint, offer: SessionDescription, codec: Codec
     if call is None or call.terminated or ep.closed:
         ep._stop_media()  # cancelled while we bound the ports
         return
-    _ring(ep, offer, port, ep.host.loop.time())
+    now = ep.host.loop.time()
+    answer = build_answer(offer, ep._local_media(port, offer=False), session_id=now_id(now))
+    _ring(ep, answer, answered_media(offer, answer), now)
 
 
-def _ring(ep: Endpoint, offer: SessionDescription, port: int, now: float) -> None:
-    """Our answer with media on ``port``; 180 now (RINGING), 2xx after answer_delay_ms."""
+def _ring(ep: Endpoint, answer: SessionDescription, media: NegotiatedMedia, now: float) -> None:
+    """180 now (RINGING), ``answer`` in the 2xx after answer_delay_ms."""
     call = ep.call
     if call is None:
         return
-    local = ep._local_media(port, offer=False)
-    answer = build_answer(offer, local, session_id=now_id(now))
-    ep.negotiated = answered_media(offer, answer)  # started once the ACK arrives
+    ep.negotiated = media  # started once the ACK arrives
     ep._stack().ring(call, now)
     ep._advance(Phase.RINGING, now)
     ep._flush()

@@ -233,7 +233,13 @@ class SipRuntime:
                     self._deliver(event)
         finally:
             self._flushing = False
-        self._slot.arm(stack.get_timer())
+        # Re-arm only for an earlier deadline: a later one (the usual case, a new
+        # transaction's Timer A/E/K behind the pending one) keeps the armed loop timer,
+        # whose firing runs handle_timer (nothing due: no-op) and arms the next. Saves a
+        # TimerHandle cancel + call_at per message.
+        deadline, armed = stack.get_timer(), self._slot.deadline
+        if deadline is not None and (armed is None or deadline < armed):
+            self._slot.arm(deadline)
 
     def _deliver(self, event: Event) -> None:
         if isinstance(event, MessageDropped):

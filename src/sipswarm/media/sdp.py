@@ -215,10 +215,11 @@ def reoffer(previous: SessionDescription, local: LocalMedia) -> SessionDescripti
 # -- matching -------------------------------------------------------------------------------
 
 
-def _codec_for(pt: int, *sections: MediaDescription) -> Codec | None:
-    """The known codec a payload type stands for, by rtpmap or else by static number."""
-    for m in sections:
-        rm = m.rtpmaps().get(pt)
+def _codec_for(pt: int, *rtpmaps: dict[int, RtpMap]) -> Codec | None:
+    """The known codec a payload type stands for, by rtpmap (``rtpmaps`` of the sections to
+    look in, in order) or else by static number."""
+    for maps in rtpmaps:
+        rm = maps.get(pt)
         if rm is not None:
             codec = CODECS.get(rm.name.upper())
             if codec is None or codec.clock_rate != rm.clock_rate:
@@ -236,8 +237,9 @@ def _payload_types(m: MediaDescription) -> list[int]:
 def _pick(m: MediaDescription, supported: Sequence[Codec]) -> Codec | None:
     """RFC 3264 §6.1: the first offered format that we support, in the offerer's order."""
     names = {c.name.upper() for c in supported if c.name != TELEPHONE_EVENT.name}
+    maps = m.rtpmaps()  # parsed once, not once per payload type
     for pt in _payload_types(m):
-        codec = _codec_for(pt, m)
+        codec = _codec_for(pt, maps)
         if codec is not None and codec.name.upper() in names:
             return codec
     return None
@@ -286,14 +288,29 @@ def _answer_section(
     te = _telephone_event(m, codec.clock_rate) if local.telephone_event else None
     if te is not None:
         te_fmtp = m.fmtps().get(te) or TELEPHONE_EVENT.fmtp
-        te_codec = dataclasses.replace(
-            TELEPHONE_EVENT, payload_type=te, clock_rate=codec.clock_rate, fmtp=te_fmtp
-        )
-        codecs.append(te_codec)
+        codecs.append(_telephone_event_codec(te, codec.clock_rate, te_fmtp))
     ptime = local.ptime_ms if local.ptime_ms in codec.ptimes else 20
     direction = _our_direction(local.direction, offer.direction_of(m))
-    here = dataclasses.replace(local, ptime_ms=ptime, crypto=crypto)
+    here = local
+    if ptime != local.ptime_ms or crypto != tuple(local.crypto):
+        here = dataclasses.replace(local, ptime_ms=ptime, crypto=crypto)
     return _media_section(here, codecs, m.proto, direction, m.rtcp_mux and local.rtcp_mux)
+
+
+_TE_CODECS: dict[tuple[int, int, str], Codec] = {}
+
+
+def _telephone_event_codec(pt: int, clock_rate: int, fmtp: str) -> Codec:
+    """telephone-event at ``pt``/``clock_rate`` with ``fmtp`` (frozen: made once, reused)."""
+    key = (pt, clock_rate, fmtp)
+    codec = _TE_CODECS.get(key)
+    if codec is None:
+        codec = dataclasses.replace(
+            TELEPHONE_EVENT, payload_type=pt, clock_rate=clock_rate, fmtp=fmtp
+        )
+        if len(_TE_CODECS) < 1024:  # peer input picks the key: bounded
+            _TE_CODECS[key] = codec
+    return codec
 
 
 def _answer_crypto(
@@ -407,8 +424,9 @@ def _negotiated(
     om, am = offer.media[index], answer.media[index]
     offered = set(_payload_types(om))
     codec = None
+    maps = (am.rtpmaps(), om.rtpmaps())
     for pt in _payload_types(am):
-        candidate = _codec_for(pt, am, om) if pt in offered else None
+        candidate = _codec_for(pt, *maps) if pt in offered else None
         if candidate is not None and candidate.name != TELEPHONE_EVENT.name:
             codec = candidate
             break

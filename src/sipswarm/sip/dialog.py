@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from sipmessage import Address
 
-from sipswarm.sip.fastparse import first_uri
+from sipswarm.sip.fastparse import first_uri, route_set
 from sipswarm.sip.message import SipMessage
 from sipswarm.sip.request import RequestSpec, uri_destination
 
@@ -26,7 +26,7 @@ Addr = tuple[str, int]
 def route_set_from(msg: SipMessage, reverse: bool) -> list[str]:
     """Route set from Record-Route (RFC 3261 12.1.1 as is for the UAS, 12.1.2
     reversed for the UAC). Raises ValueError on bad syntax."""
-    routes = [str(a) for a in msg.addresses("record-route")]
+    routes = route_set(msg.headers.get("record-route", []))
     if reverse:
         routes.reverse()
     return routes

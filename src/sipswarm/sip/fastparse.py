@@ -24,6 +24,7 @@ __all__ = [
     "parse_ruri",
     "parse_tag",
     "parse_top_via",
+    "route_set",
     "strip_tag",
 ]
 
@@ -44,6 +45,8 @@ _SIP_URI = re.compile(
     r"(?:;[A-Za-z0-9\-_.!~*'()%]+(?:=[A-Za-z0-9\-_.!~*'()%\[\]:/&+$]+)?)*"
 )
 _LIST_COMMA = re.compile(r"\s*,\s*")
+# one Record-Route entry as proxies write it: <uri>, no display name, no header parameters
+_ROUTE = re.compile(rf"\s*(<{_SIP_URI.pattern}>)\s*")
 _HOST_PORT = re.compile(
     r"(sips?):(?:[^@;?]*@)?([A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\])(?::(\d{1,5}))?((?:;[^;?]*)*)$"
 )
@@ -202,6 +205,29 @@ def first_uri(value: str) -> str | None:
         return m.group(1)
     addresses = Address.parse_many(_LIST_COMMA.sub(", ", value))
     return str(addresses[0].uri) if addresses else None
+
+
+def route_set(values: list[str]) -> list[str]:
+    """The entries of Record-Route header values, in order, each as ``<uri>`` (RFC 3261
+    12.1.1). Each entry is ``<sip:...>`` as proxies send it (Kamailio: ``<sip:h:p;lr>``);
+    any other form falls back to sipmessage for all of them. Raises ValueError on bad syntax.
+    """
+    out: list[str] = []
+    for value in values:
+        for entry in value.split(","):
+            m = _ROUTE.fullmatch(entry)
+            if m is None:
+                return _route_set(values)
+            out.append(m.group(1))
+    return out
+
+
+def _route_set(values: list[str]) -> list[str]:
+    out: list[str] = []
+    for value in values:
+        if value.strip() != "*":
+            out.extend(str(a) for a in Address.parse_many(_LIST_COMMA.sub(", ", value)))
+    return out
 
 
 def parse_host_port(uri: str) -> tuple[str, str, int | None, dict[str, str]]:
