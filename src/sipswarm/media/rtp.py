@@ -16,6 +16,11 @@ untrusted (STYLE.md rule 11). CSRCs and the header extension (§5.3.1) are
 skipped; the payload offset and length are returned so that the caller can
 slice the payload only if it needs it.
 
+The writer's state lives in a base class: ``sipswarm._rtpcore.WriterBase``
+(C members, so that the engine's C sender builds the same headers) when the
+extension is active, :class:`PyWriterBase` otherwise; :class:`PyRtpPacketWriter`
+is always the pure-Python writer.
+
 Demultiplexing RTP from RTCP on one port (rtcp-mux, RFC 5761 §4) is done by
 the caller with ``media.rtcp.is_rtcp`` before calling :func:`parse_rtp_header`.
 """

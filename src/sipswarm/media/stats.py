@@ -30,6 +30,15 @@ Deviations from Appendix A, on purpose:
 :class:`RtpSendStats` counts what the engine sent. :func:`metrics_snapshot`
 turns both, plus the far end's report (:class:`RemoteReport`), into the
 PROTOCOL.md metric keys.
+
+Two implementations of the per-packet part: the fields ``receive_rtp``
+touches and its fast path live in a base class, ``sipswarm._rtpcore.RecvBase``
+(C, pure computation, no I/O) when the extension is active and
+:class:`PyRecvBase` otherwise; the same holds for the send counters
+(``SendBase``/:class:`PySendBase`). Everything else is this module's Python,
+shared by both. :class:`PyRtpReceiveStats` and :class:`PyRtpSendStats` are
+always the pure-Python classes (tests and ``SIPSWARM_NATIVE=0``; see
+:mod:`sipswarm._native`).
 """
 
 from __future__ import annotations
