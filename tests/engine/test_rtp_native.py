@@ -20,6 +20,7 @@ import uvloop
 from sipswarm import _native
 from sipswarm.engine.media_engine import MediaEngine
 from sipswarm.engine.rtp_session import RtpSession
+from sipswarm.engine.switchable import SwitchableSource
 from sipswarm.media.codecs import codec_by_name
 from sipswarm.media.dtmf import build_event_payload
 from sipswarm.media.rtcp import build_bye
@@ -222,3 +223,30 @@ def test_poller_counts_garbage_and_survives_a_reused_descriptor() -> None:
     assert poller.poll() == 0 and poller.fileno() == -1
     sock.close()
     sender.close()
+
+
+@pytest.mark.timeout(10)
+def test_switchable_source_is_sent_in_c_as_switched_before_start() -> None:
+    """The engine's endpoints wrap sources in a SwitchableSource pointed at the answer's codec."""
+
+    async def run() -> None:
+        engine = MediaEngine(free_even_range(2), rand=random.Random(3), native=True)
+        engine.start()
+        codec = codec_by_name("PCMU")
+        tone = get_source("tone", {"frequency_hz": 1000}, codec, 20)
+        source = SwitchableSource(get_source("silence", {}, codec, 20))
+        session = await engine.open_session(codec, 20, source)
+        source.switch(tone)  # what the endpoint does once the answer is known
+        peer = udp_socket()
+        session.start(peer.getsockname(), None, send=False)
+        peer.sendto(build_rtp(0, 1, 0, SSRC, b"\xff" * 160), (LOCAL, session.local_port))
+        await until(lambda: session._connected)
+        assert session._tx.fd == session.allocation.rtp_sock.fileno()  # the C sender runs
+        for i in range(5):
+            session._clock_cb(10.0 + i * 0.02)
+        await asyncio.sleep(0.05)
+        assert [p[12:] for p in drain(peer)] == [tone.frame(i) for i in range(5)]
+        peer.close()
+        await engine.close()
+
+    uvloop.run(run())

@@ -62,13 +62,20 @@ def contiguous_frames(source: FrameSource) -> tuple[bytes, int, int] | None:
     """``(buffer, frame_bytes, frames)`` when every frame is a fixed slice of one buffer.
 
     What the C sender needs to slice frames itself; ``media.sources.EncodedSource``
-    keeps G.711/G.722 that way. Anything else (Opus, a test's own source) returns
+    keeps G.711/G.722 that way. A wrapper that delegates ``frame`` to another
+    source's bound method (``engine.switchable.SwitchableSource``) is looked
+    through, as it points now. Anything else (Opus, a test's own source) returns
     None and is sent through ``source.frame()``. The layout is checked against
-    ``frame()`` on the first and last frame, so another source cannot be misread.
+    the given source's ``frame()`` on the first and last frame, so another
+    source cannot be misread.
     """
-    buffer = getattr(source, "_buffer", None)
-    size = getattr(source, "_frame_bytes", 0)
-    frames = getattr(source, "frames", 0)
+    inner: object = source
+    delegate = getattr(source, "_frame", None)
+    if delegate is not None and hasattr(delegate, "__self__"):
+        inner = delegate.__self__
+    buffer = getattr(inner, "_buffer", None)
+    size = getattr(inner, "_frame_bytes", 0)
+    frames = getattr(inner, "frames", 0)
     if not isinstance(buffer, bytes) or not isinstance(size, int) or not isinstance(frames, int):
         return None
     if size <= 0 or frames <= 0 or len(buffer) != size * frames:
@@ -82,7 +89,7 @@ def contiguous_frames(source: FrameSource) -> tuple[bytes, int, int] | None:
 class FastPath:
     """One session's C sender and poller registration; see the module docstring."""
 
-    __slots__ = ("_contiguous", "_loop", "_poller", "clock_cb", "polled", "tx")
+    __slots__ = ("_contiguous", "_loop", "_poller", "_source", "clock_cb", "polled", "tx")
 
     def __init__(
         self,
@@ -95,6 +102,7 @@ class FastPath:
     ) -> None:
         self._loop = loop
         self._poller = poller
+        self._source = source
         self._contiguous = False
         self.polled = False
         #: Frame index and last schedule (``Sender`` or :class:`PySendState`).
@@ -103,9 +111,21 @@ class FastPath:
         self.clock_cb: Callable[[float], None] = send_frame
         if poller is not None and core is not None:
             self.tx = self.clock_cb = core.Sender(writer, send_stats, send_frame)
-            frames = contiguous_frames(source)
-            if frames is not None:
-                self._contiguous = bool(self.tx.set_source(*frames))
+            self.resolve_source()
+
+    def resolve_source(self) -> None:
+        """Give the C sender the source's buffer as it is now (call at every session start).
+
+        A switchable source is pointed at the negotiated codec just before
+        ``start``; until this runs again the C sender keeps the buffer it has.
+        """
+        if self._poller is None:
+            return
+        frames = contiguous_frames(self._source)
+        self._contiguous = frames is not None and bool(self.tx.set_source(*frames))
+        if not self._contiguous:
+            self.tx.set_source(None, 0, 0)
+            self.tx.fd = -1
 
     @property
     def native(self) -> bool:

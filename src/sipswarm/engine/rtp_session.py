@@ -275,6 +275,7 @@ class RtpSession:
         else:
             self._set_sender(self._send_unconnected if self._rtp_sock is not None else _discard)
         self._dtmf_pt = -1 if dtmf_payload_type is None else dtmf_payload_type
+        self._fast.resolve_source()  # a switchable source now points at the answer's codec
         self.set_sending(send)
         self._refresh_fast_paths()
         if not self.rtcp.scheduled:
