@@ -78,9 +78,8 @@ from sipswarm.media.sdp import (
     NegotiatedMedia,
     SdpError,
     SessionDescription,
-    apply_answer,
+    apply_answer_body,
     build_offer,
-    parse_sdp,
 )
 from sipswarm.protocol import Outcome, Phase, Role, TraceMode
 from sipswarm.sip.call import Call
@@ -407,7 +406,8 @@ class Endpoint:
         try:
             if self.offer is None:
                 raise NegotiationError("2xx arrived for a call without an offer")
-            self.media.start(apply_answer(self.offer, parse_sdp(ev.sdp_answer)))
+            local_sdp = ev.call.local_sdp  # our offer as sent
+            self.media.start(apply_answer_body(self.offer, local_sdp, ev.sdp_answer))
         except (NegotiationError, SdpError) as exc:
             self.fail(Outcome.NEGOTIATION_FAILED, f"SDP answer not usable: {exc}", 200)
             self._hang_up(now)

@@ -10,7 +10,7 @@ INVITE, ACK and idle-timer events here::
     on_incoming(ep, IncomingCall)     busy (486), adopted by a child, or take_call
     take_call(ep, ev, now)            CALLING; pick the codec from the offer (488 if none)
     _answer_incoming (task)           bind RTP (media.rtp true), then _ring
-    _ring(ep, answer, media, now)     180 -> RINGING, 2xx after answer_delay_ms (signalling
+    _ring(ep, sdp, media, now)        180 -> RINGING, 2xx after answer_delay_ms (signalling
                                       only: straight from take_call, no task, one answer)
     _answer(ep, sdp, now)             2xx -> NEGOTIATING
     on_confirmed(ep, CallConfirmed)   ACK: start media -> INCALL
@@ -41,6 +41,7 @@ from sipswarm.media.sdp import (
     NegotiatedMedia,
     SdpError,
     SessionDescription,
+    answer_body,
     answered_media,
     build_answer,
     parse_sdp,
@@ -118,21 +119,24 @@ def take_call(ep: Endpoint, ev: IncomingCall, now: float) -> None:
         old.cancel()
     ep._advance(Phase.CALLING, now)
     port = ep.media.open_port()  # signalling only: nothing to bind, the answer is final
+    offer: SessionDescription | None = None
     try:
-        offer = parse_sdp(ev.sdp_offer)
-        # with RTP: pick the codec first; the real port goes in once the session is bound
-        local = ep._local_media(9 if port is None else port, offer=False)
-        answer = build_answer(offer, local, session_id=0 if port is None else now_id(now))
-        media = answered_media(offer, answer)
+        if port is None:  # with RTP: pick the codec first; the real port comes once bound
+            offer = parse_sdp(ev.sdp_offer)
+            probe = build_answer(offer, ep._local_media(9, offer=False), session_id=0)
+            media = answered_media(offer, probe)
+        else:  # the final answer at once (remembered per offer shape: media/sdp.py)
+            local = ep._local_media(port, offer=False)
+            body, media = answer_body(ev.sdp_offer, local, now_id(now))
     except (NegotiationError, SdpError) as exc:
         ep.fail(Outcome.NEGOTIATION_FAILED, f"offer not acceptable: {exc}", 488)
         ep._stack().reject(ev.call, 488, now, reason="Not Acceptable Here")
         ep._flush()
         return
-    if port is None:
+    if offer is not None:
         ep._task = ep.host.spawn(ep._guard(_answer_incoming(ep, offer, media.codec)))
     else:
-        _ring(ep, answer, media, now)
+        _ring(ep, body, media, now)
 
 
 async def _answer_incoming(ep: Endpoint, offer: SessionDescription, codec: Codec) -> None:
@@ -151,11 +155,11 @@ async def _answer_incoming(ep: Endpoint, offer: SessionDescription, codec: Codec
         return
     now = ep.host.loop.time()
     answer = build_answer(offer, ep._local_media(port, offer=False), session_id=now_id(now))
-    _ring(ep, answer, answered_media(offer, answer), now)
+    _ring(ep, answer.serialise(), answered_media(offer, answer), now)
 
 
-def _ring(ep: Endpoint, answer: SessionDescription, media: NegotiatedMedia, now: float) -> None:
-    """180 now (RINGING), ``answer`` in the 2xx after answer_delay_ms."""
+def _ring(ep: Endpoint, sdp: bytes, media: NegotiatedMedia, now: float) -> None:
+    """180 now (RINGING), the answer ``sdp`` in the 2xx after answer_delay_ms."""
     call = ep.call
     if call is None:
         return
@@ -164,7 +168,6 @@ def _ring(ep: Endpoint, answer: SessionDescription, media: NegotiatedMedia, now:
     ep._advance(Phase.RINGING, now)
     ep._flush()
     delay = ep.call_spec.answer_delay_ms / 1000
-    sdp = answer.serialise()
     ep._timer("answer", delay, lambda t: _answer(ep, sdp, t))
 
 

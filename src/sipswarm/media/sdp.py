@@ -12,6 +12,12 @@ what to offer, what to answer and what was agreed::
              media = answered_media(offer, answer)
     re-INVITE (hold/resume): offer = reoffer(previous_offer, local)   # same id, version + 1
 
+Per-call shortcuts for call-rate load, same bytes and results as the functions above:
+``apply_answer_body(offer, offer_body, answer_body)`` and ``answer_body(offer_body, local,
+session_id)`` remember their outcome by the SDP bodies with the ``o=`` line cut out (the
+only line that changes from one call to the next when a peer answers alike); SDES bodies
+(``a=crypto``, new keys per call) always take the full path.
+
 Rules applied: the answer has one m= line per offered one, in order, rejected ones with port 0
 (RFC 3264 §6); the first acceptable audio stream is taken, with the offerer's payload type
 numbers and preference order (§6.1); directions are mirrored (§6.1) and intersected with
@@ -27,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sipswarm.errors import NegotiationError
 from sipswarm.media.codecs import CODECS, TELEPHONE_EVENT, Codec
@@ -54,8 +61,10 @@ __all__ = [
     "RtpMap",
     "SdpError",
     "SessionDescription",
+    "answer_body",
     "answered_media",
     "apply_answer",
+    "apply_answer_body",
     "build_answer",
     "build_offer",
     "parse_sdp",
@@ -476,3 +485,76 @@ def apply_answer(offer: SessionDescription, answer: SessionDescription) -> Negot
 def answered_media(offer: SessionDescription, answer: SessionDescription) -> NegotiatedMedia:
     """The answerer's view of what :func:`build_answer` agreed: start RTP with it after ACK."""
     return _negotiated(offer, answer, we_offered=False)
+
+
+# -- per-call shortcuts ---------------------------------------------------------------------
+
+#: Remembered outcomes; peer input picks the keys, so the caches are bounded (cleared when full).
+CACHE_SIZE = 256
+_APPLIED: dict[tuple[bytes, bytes], NegotiatedMedia] = {}
+_ANSWERS: dict[tuple[object, ...], tuple[bytes, list[str], bytes, NegotiatedMedia]] = {}
+
+
+def _origin_split(body: bytes) -> tuple[bytes, bytes, bytes]:
+    """``body`` as (before the o= line, the o= line, from the line break after it)."""
+    start = body.find(b"\no=")
+    if start < 0:
+        return body, b"", b""
+    end = body.find(b"\n", start + 1)
+    end = len(body) if end < 0 else end
+    line_end = end - 1 if body[end - 1 : end] == b"\r" else end
+    return body[: start + 1], body[start + 1 : line_end], body[line_end:]
+
+
+def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
+    if len(cache) >= CACHE_SIZE:
+        cache.clear()
+    cache[key] = value
+
+
+def apply_answer_body(
+    offer: SessionDescription, offer_body: bytes, answer_body: bytes
+) -> NegotiatedMedia:
+    """:func:`apply_answer` of ``offer`` (serialised as ``offer_body``) and the answer's
+    raw body; remembered for bodies that differ from an earlier call's only in ``o=``."""
+    if b"a=crypto" in answer_body:
+        return apply_answer(offer, parse_sdp(answer_body))
+    o_head, _, o_tail = _origin_split(offer_body)
+    a_head, _, a_tail = _origin_split(answer_body)
+    key = (o_head + o_tail, a_head + a_tail)
+    media = _APPLIED.get(key)
+    if media is None:
+        media = apply_answer(offer, parse_sdp(answer_body))
+        _remember(_APPLIED, key, media)
+    return media
+
+
+def answer_body(
+    offer_body: bytes, local: LocalMedia, session_id: int
+) -> tuple[bytes, NegotiatedMedia]:
+    """The serialised :func:`build_answer` to the raw offer and :func:`answered_media`;
+    remembered per offer (its ``o=`` line cut out) and local media, with the answer's own
+    ``o=`` session id filled in per call. Raises as they do (answer 488)."""
+    if local.crypto or b"a=crypto" in offer_body:
+        return _full_answer(offer_body, local, session_id)
+    head, _, tail = _origin_split(offer_body)
+    key = (head + tail, local.address, local.port, tuple(local.codecs), local.ptime_ms,
+           local.direction, local.telephone_event, local.rtcp_port, local.rtcp_mux,
+           local.proto, local.username)  # fmt: skip
+    hit = _ANSWERS.get(key)
+    if hit is None:
+        body, media = _full_answer(offer_body, local, session_id)
+        before, origin, after = _origin_split(body)
+        _remember(_ANSWERS, key, (before, origin.decode().split(" "), after, media))
+        return body, media
+    before, fields, after, media = hit
+    origin = " ".join([fields[0], str(session_id), *fields[2:]]).encode()
+    return before + origin + after, media
+
+
+def _full_answer(
+    offer_body: bytes, local: LocalMedia, session_id: int
+) -> tuple[bytes, NegotiatedMedia]:
+    offer = parse_sdp(offer_body)
+    answer = build_answer(offer, local, session_id=session_id)
+    return answer.serialise(), answered_media(offer, answer)

@@ -102,7 +102,9 @@ def parse_challenge(value: str) -> DigestChallenge | None:
             return None
         raw = m.group(2)
         if raw.startswith('"'):
-            raw = re.sub(r"\\(.)", r"\1", raw[1:-1])
+            raw = raw[1:-1]
+            if "\\" in raw:  # RFC 3261 25.1 quoted-pair; most values have none
+                raw = re.sub(r"\\(.)", r"\1", raw)
         params[m.group(1).lower()] = raw
         pos = m.end()
     if "nonce" not in params or "realm" not in params:
