@@ -303,6 +303,53 @@ typedef struct {
     long long timestamp_step;
 } WriterBase;
 
+/* Header of the next packet into p[0..11]; advances the writer (RFC 3550 5.1). */
+static void
+writer_next_header(WriterBase *w, unsigned char *p)
+{
+    int seq = w->sequence;
+    long long ts = w->timestamp;
+    long long ssrc = w->ssrc;
+    p[0] = 0x80;
+    p[1] = (unsigned char)w->b1_next;
+    p[2] = (unsigned char)(seq >> 8);
+    p[3] = (unsigned char)seq;
+    p[4] = (unsigned char)(ts >> 24);
+    p[5] = (unsigned char)(ts >> 16);
+    p[6] = (unsigned char)(ts >> 8);
+    p[7] = (unsigned char)ts;
+    p[8] = (unsigned char)(ssrc >> 24);
+    p[9] = (unsigned char)(ssrc >> 16);
+    p[10] = (unsigned char)(ssrc >> 8);
+    p[11] = (unsigned char)ssrc;
+    w->b1_next = w->b1;
+    w->sequence = (seq + 1) & 0xFFFF;
+    w->timestamp = (ts + w->timestamp_step) & 0xFFFFFFFFLL;
+}
+
+/* RtpPacketWriter.write: the next packet around `payload` as a new bytes object. */
+static PyObject *
+WriterBase_write(WriterBase *self, PyObject *payload)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, 12 + view.len);
+    if (out != NULL) {
+        unsigned char *p = (unsigned char *)PyBytes_AS_STRING(out);
+        writer_next_header(self, p);
+        memcpy(p + 12, view.buf, (size_t)view.len);
+    }
+    PyBuffer_Release(&view);
+    return out;
+}
+
+static PyMethodDef WriterBase_methods[] = {
+    {"write", (PyCFunction)WriterBase_write, METH_O,
+     "write(payload) -> bytes: the next packet around payload (sequence, timestamp advance)."},
+    {NULL},
+};
+
 static PyMemberDef WriterBase_members[] = {
     {"_b1", T_INT, offsetof(WriterBase, b1), 0, NULL},
     {"_b1_next", T_INT, offsetof(WriterBase, b1_next), 0, NULL},
@@ -320,6 +367,7 @@ static PyTypeObject WriterBaseType = {
     .tp_doc = "Header state of RtpPacketWriter (RFC 3550 5.1).",
     .tp_new = PyType_GenericNew,
     .tp_members = WriterBase_members,
+    .tp_methods = WriterBase_methods,
 };
 
 typedef struct {
@@ -377,26 +425,8 @@ Sender_vectorcall(PyObject *obj, PyObject *const *args, size_t nargsf, PyObject 
     if (due == -1.0 && PyErr_Occurred())
         return NULL;
     long long index = self->frame_index++;
-    WriterBase *w = self->writer;
     unsigned char pkt[MAX_RTP_PACKET];
-    int seq = w->sequence;
-    long long ts = w->timestamp;
-    long long ssrc = w->ssrc;
-    pkt[0] = 0x80;
-    pkt[1] = (unsigned char)w->b1_next;
-    pkt[2] = (unsigned char)(seq >> 8);
-    pkt[3] = (unsigned char)seq;
-    pkt[4] = (unsigned char)(ts >> 24);
-    pkt[5] = (unsigned char)(ts >> 16);
-    pkt[6] = (unsigned char)(ts >> 8);
-    pkt[7] = (unsigned char)ts;
-    pkt[8] = (unsigned char)(ssrc >> 24);
-    pkt[9] = (unsigned char)(ssrc >> 16);
-    pkt[10] = (unsigned char)(ssrc >> 8);
-    pkt[11] = (unsigned char)ssrc;
-    w->b1_next = w->b1;
-    w->sequence = (seq + 1) & 0xFFFF;
-    w->timestamp = (ts + w->timestamp_step) & 0xFFFFFFFFLL;
+    writer_next_header(self->writer, pkt);
     Py_ssize_t fb = self->frame_bytes;
     memcpy(pkt + 12, PyBytes_AS_STRING(self->buffer) + (index % self->frames) * fb, fb);
     ssize_t n;

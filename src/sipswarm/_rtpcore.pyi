@@ -28,6 +28,7 @@ class WriterBase:
     ssrc: int
     timestamp: int
     timestamp_step: int
+    def write(self, payload: bytes) -> bytes: ...
 
 class SendBase:
     packets_sent: int

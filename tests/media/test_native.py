@@ -148,3 +148,27 @@ def test_c_and_python_agree_field_by_field(seed: int) -> None:
         for field in FIELDS:
             assert getattr(py, field) == getattr(c, field), (i, field)
     assert py.packets_received > 2000 and py.invalid_packets > 100 and py.ssrc_switches > 10
+
+
+@pytest.mark.skipif(EXT is None, reason="sipswarm._rtpcore did not build")
+def test_c_and_python_writers_build_the_same_bytes() -> None:
+    kw = {"ssrc": 0xFFFFFFFF, "payload_type": 8, "sequence": 65533, "timestamp": 2**32 - 300}
+    py = CLASSES["python"]["writer"](timestamp_step=160, **kw)
+    c = CLASSES["c"]["writer"](timestamp_step=160, **kw)
+    for i in range(12):  # across the sequence and timestamp wrap
+        for w in (py, c):
+            if i == 3:
+                w.mark_next()
+            if i == 5:
+                w.set_payload_type(0)
+            if i == 7:
+                w.advance_timestamp(3)
+        if i == 9:
+            assert py.write_event(b"\x05\x0a\x00\xa0", 101, 42, True) == c.write_event(
+                b"\x05\x0a\x00\xa0", 101, 42, True
+            )
+        payload = bytes([i]) * 160
+        assert py.write(payload) == c.write(bytearray(payload)), i
+    assert (
+        (py.sequence, py.timestamp) == (c.sequence, c.timestamp) == (10, 2100)
+    )  # 65533 + 13 packets; 12 frames + 3 skipped, -300

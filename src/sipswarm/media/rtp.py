@@ -124,6 +124,16 @@ class PyWriterBase:
     timestamp: int
     timestamp_step: int
 
+    def write(self, payload: bytes) -> bytes:
+        """Build and return the next packet around ``payload`` (C: ``WriterBase.write``)."""
+        seq = self.sequence
+        ts = self.timestamp
+        b1 = self._b1_next
+        self._b1_next = self._b1
+        self.sequence = (seq + 1) & 0xFFFF
+        self.timestamp = (ts + self.timestamp_step) & 0xFFFFFFFF
+        return _pack(0x80, b1, seq, ts, self.ssrc) + payload
+
 
 if TYPE_CHECKING:
     _WriterBase = PyWriterBase
@@ -188,16 +198,6 @@ class RtpPacketWriter(_WriterBase):
     def mark_next(self) -> None:
         """Set the marker bit on the next packet only."""
         self._b1_next = self._b1 | 0x80
-
-    def write(self, payload: bytes) -> bytes:
-        """Build and return the next packet around ``payload``."""
-        seq = self.sequence
-        ts = self.timestamp
-        b1 = self._b1_next
-        self._b1_next = self._b1
-        self.sequence = (seq + 1) & 0xFFFF
-        self.timestamp = (ts + self.timestamp_step) & 0xFFFFFFFF
-        return _pack(0x80, b1, seq, ts, self.ssrc) + payload
 
     def write_event(self, payload: bytes, payload_type: int, timestamp: int, marker: bool) -> bytes:
         """Build a packet of another payload type on this stream (RFC 4733 events).
