@@ -20,6 +20,7 @@ from typing import Any
 import structlog
 
 from sipswarm import __version__
+from sipswarm._native import NATIVE
 from sipswarm.agent.backend import BackendFactory
 from sipswarm.agent.config import AgentConfig
 from sipswarm.agent.datastream import DataStream
@@ -52,6 +53,7 @@ class Agent:
             controller=self.config.controller_url,
             stream=self.supervisor.stream.stream_id,
             version=__version__,
+            rtp_path="c" if NATIVE else "python",
         )
         try:
             return await self.supervisor.run()
@@ -111,6 +113,7 @@ def health_snapshot(sup: Supervisor) -> dict[str, Any]:
         "worker_id": sup.config.worker_id,
         "name": sup.config.name,
         "version": __version__,
+        "rtp_path": "c" if NATIVE else "python",  # sipswarm._native: C hot path or fallback
         "active_endpoints": backend.active_endpoints(),
         "free_endpoints": sup.free_endpoints(),
         "data_unacked_frames": sup.stream.unacked_frames,
