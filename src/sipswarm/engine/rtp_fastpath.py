@@ -61,23 +61,19 @@ class PySendState:
 def contiguous_frames(source: FrameSource) -> tuple[bytes, int, int] | None:
     """``(buffer, frame_bytes, frames)`` when every frame is a fixed slice of one buffer.
 
-    What the C sender needs to slice frames itself; ``media.sources.EncodedSource``
-    keeps G.711/G.722 that way. A wrapper that delegates ``frame`` to another
-    source's bound method (``engine.switchable.SwitchableSource``) is looked
-    through, as it points now. Anything else (Opus, a test's own source) returns
-    None and is sent through ``source.frame()``. The layout is checked against
-    the given source's ``frame()`` on the first and last frame, so another
+    What the C sender needs to slice frames itself: a source that keeps its
+    frames in one buffer says so through ``contiguous()``
+    (``media.sources.EncodedSource``, and ``engine.switchable.SwitchableSource``
+    for the source it points at now). Anything else (Opus, a test's own
+    source) returns None and is sent through ``source.frame()``. The layout is
+    checked against the source's ``frame()`` on the first and last frame, so a
     source cannot be misread.
     """
-    inner: object = source
-    delegate = getattr(source, "_frame", None)
-    if delegate is not None and hasattr(delegate, "__self__"):
-        inner = delegate.__self__
-    buffer = getattr(inner, "_buffer", None)
-    size = getattr(inner, "_frame_bytes", 0)
-    frames = getattr(inner, "frames", 0)
-    if not isinstance(buffer, bytes) or not isinstance(size, int) or not isinstance(frames, int):
+    contiguous = getattr(source, "contiguous", None)
+    layout = contiguous() if contiguous is not None else None
+    if layout is None:
         return None
+    buffer, size, frames = layout
     if size <= 0 or frames <= 0 or len(buffer) != size * frames:
         return None
     last = (frames - 1) * size

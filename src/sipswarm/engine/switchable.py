@@ -12,6 +12,7 @@ refuses the others with a NegotiationError that says so.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from sipswarm.media.codecs import Codec
@@ -21,6 +22,14 @@ __all__ = ["SwitchableCodec", "SwitchableSource"]
 
 class FrameSource(Protocol):
     def frame(self, index: int) -> bytes: ...
+
+
+#: ``source.contiguous()``: the frames as ``(buffer, frame_bytes, frames)``, or None.
+Contiguous = Callable[[], "tuple[bytes, int, int] | None"]
+
+
+def _none() -> tuple[bytes, int, int] | None:
+    return None
 
 
 class SwitchableCodec:
@@ -54,13 +63,19 @@ class SwitchableCodec:
 class SwitchableSource:
     """Encoded frames from the current source; :meth:`switch` with the codec."""
 
-    __slots__ = ("_frame",)
+    __slots__ = ("_contiguous", "_frame")
 
     def __init__(self, source: FrameSource) -> None:
         self._frame = source.frame
+        self._contiguous: Contiguous = getattr(source, "contiguous", _none)
 
     def switch(self, source: FrameSource) -> None:
         self._frame = source.frame
+        self._contiguous = getattr(source, "contiguous", _none)
 
     def frame(self, index: int) -> bytes:
         return self._frame(index)
+
+    def contiguous(self) -> tuple[bytes, int, int] | None:
+        """The current source's frames as one buffer (``EncodedSource.contiguous``), or None."""
+        return self._contiguous()

@@ -95,6 +95,16 @@ class EncodedSource:
             return self._buffer[start : start + size]
         return self._frames[index % self.frames]
 
+    def contiguous(self) -> tuple[bytes, int, int] | None:
+        """``(buffer, frame_bytes, frames)`` when every frame is a fixed slice of one buffer.
+
+        G.711 and G.722 are kept that way (the C sender slices them itself,
+        ``engine/rtp_fastpath.py``); frames of varying size (Opus) give None.
+        """
+        if not self._frame_bytes:
+            return None
+        return self._buffer, self._frame_bytes, self.frames
+
     @property
     def duration_s(self) -> float:
         """Length of one loop in seconds."""
