@@ -45,6 +45,7 @@ from sipswarm.agent.backend import EmitItem
 from sipswarm.agent.config import AgentConfig
 from sipswarm.engine.endpoint import Endpoint
 from sipswarm.engine.media_engine import MediaEngine
+from sipswarm.engine.metrics_build import MetricsBuilder
 from sipswarm.engine.overload import GeneratorHealth
 from sipswarm.engine.ports import PortPool
 from sipswarm.engine.resolver import ResolverSettings, SipResolver
@@ -160,6 +161,9 @@ class EndpointEngine:
         self.health: GeneratorHealth | None = None  # judges loop lag / send lateness
         self.sdp_address = settings.public_host or settings.bind_host
         self.errors: list[str] = []
+        self._metrics_builder: MetricsBuilder[Endpoint] = MetricsBuilder(
+            self.loop, self.emit, lambda ep: ep.phase is not Phase.CLOSED
+        )
 
     # -- host API for endpoints ---------------------------------------------------------
     def emit(self, item: dict[str, Any]) -> None:
@@ -342,6 +346,7 @@ class EndpointEngine:
         entry.remaining -= 1
         if entry.remaining == 0:
             self._assignments.pop(entry.assignment_id, None)
+            self._metrics_builder.complete(entry.run_id)  # its last metrics before finished
             self.emit(
                 {
                     "kind": "finished",
@@ -457,21 +462,23 @@ class EndpointEngine:
         self._idle.clear()
 
     def _metrics(self, run: _Run, now: float) -> None:
-        """One ``metrics`` item for the run: every started, not yet closed endpoint."""
-        entries = [ep.metrics_entry() for ep in run.endpoints.values() if ep.phase is not None]
-        if entries:
-            self.emit(
-                {
-                    "kind": "metrics",
-                    "run_id": run.run_id,
-                    "ts": self.epoch_ms(now),
-                    "endpoints": entries,
-                    # extension (docs/protocol.md): is the generator itself keeping up?
-                    "generator": self.health.block_since(now - run.interval_s)
-                    if self.health is not None
-                    else None,
-                }
-            )
+        """One ``metrics`` item for the run: every started, not yet closed endpoint.
+
+        Built a slice at a time (``engine/metrics_build.py``) so that the media
+        clock keeps sending while a thousand entries are put together.
+        """
+        self._metrics_builder.start(
+            {
+                "kind": "metrics",
+                "run_id": run.run_id,
+                "ts": self.epoch_ms(now),
+                # extension (docs/protocol.md): is the generator itself keeping up?
+                "generator": self.health.block_since(now - run.interval_s)
+                if self.health is not None
+                else None,
+            },
+            [ep for ep in run.endpoints.values() if ep.phase is not None],
+        )
         if run.endpoints:
             run.tick = self.scheduler.call_later(run.interval_s, lambda t: self._metrics(run, t))
         else:
@@ -507,6 +514,7 @@ class EndpointEngine:
 
     async def close(self) -> None:
         """Cancel everything still running, close sockets and the media clock."""
+        self._metrics_builder.complete_all()
         for run_id in list(self._runs):
             await self.cancel_run(run_id, "shutdown")
         for task in list(self._tasks):
