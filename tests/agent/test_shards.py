@@ -87,6 +87,41 @@ def test_metrics_merged_per_run_and_interval() -> None:
     assert len(out) == 2 and out[1]["ts"] == 6100
 
 
+def test_merged_generator_block_is_the_worst_shard() -> None:
+    out: list[dict[str, Any]] = []
+    merger = MetricsMerger(out.append, lambda run_id: 1000)
+
+    def sample(shard: int, gen: dict[str, Any] | None) -> None:
+        item = {"kind": "metrics", "run_id": "r", "ts": 5100, "endpoints": [], "generator": gen}
+        merger.add(shard, item, holders={0, 1, 2}, now=0.0)
+
+    sample(
+        0,
+        {
+            "loop_lag_ms_p99": 1.5,
+            "send_lateness_ms_p99": 0.8,
+            "skipped_ticks": 0,
+            "overloaded": False,
+        },
+    )
+    sample(
+        1,
+        {
+            "loop_lag_ms_p99": 25.0,
+            "send_lateness_ms_p99": None,
+            "skipped_ticks": 3,
+            "overloaded": True,
+        },
+    )
+    sample(2, None)  # a shard whose media clock has not started
+    assert out[0]["generator"] == {
+        "loop_lag_ms_p99": 25.0,
+        "send_lateness_ms_p99": 0.8,
+        "skipped_ticks": 3,
+        "overloaded": True,
+    }
+
+
 async def _collect(backend: ShardedBackend, out: list[dict[str, Any]]) -> None:
     await backend.start()
     try:

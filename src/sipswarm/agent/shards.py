@@ -91,6 +91,24 @@ def split_assignment(spec: AssignmentSpec, free: list[int]) -> list[AssignmentSp
     return [dataclasses.replace(spec, endpoints=tuple(p)) if p else None for p in parts]
 
 
+def merge_generator(a: dict[str, Any] | None, b: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Two shards' ``generator`` blocks (docs/protocol.md) as the worker's: the worst of each.
+
+    The worker is overloaded when any of its shards was; the p99s are the
+    worse shard's, skipped ticks add up. A shard without a media clock yet
+    sends None.
+    """
+    if a is None or b is None:
+        return a if b is None else b
+    out = dict(a)
+    for key in ("loop_lag_ms_p99", "send_lateness_ms_p99"):
+        values = [v for v in (a.get(key), b.get(key)) if v is not None]
+        out[key] = max(values) if values else None
+    out["skipped_ticks"] = (a.get("skipped_ticks") or 0) + (b.get("skipped_ticks") or 0)
+    out["overloaded"] = bool(a.get("overloaded")) or bool(b.get("overloaded"))
+    return out
+
+
 class MetricsMerger:
     """Merge per-shard ``metrics`` items into one per run per interval.
 
@@ -118,6 +136,10 @@ class MetricsMerger:
         else:
             entry[0]["endpoints"].extend(item["endpoints"])
             entry[0]["ts"] = max(entry[0]["ts"], item["ts"])
+            if "generator" in item:
+                entry[0]["generator"] = merge_generator(
+                    entry[0].get("generator"), item["generator"]
+                )
             entry[1].add(shard)
         if holders <= entry[1]:
             del self._pending[key]
