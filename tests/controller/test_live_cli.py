@@ -83,6 +83,7 @@ def test_report_writers_on_an_empty_run(tmp_path: Path) -> None:
     assert set(data) == {
         "run_id", "name", "status", "reason", "timeline", "aggregates", "thresholds", "series",
         "pdd_histogram", "failed_endpoints", "failed_endpoints_total", "assignments", "plan",
+        "generator",
     }  # fmt: skip
     assert data["plan"] == "groups: []"
     assert "no data" in (tmp_path / "r.html").read_text()

@@ -207,3 +207,55 @@ def test_live_figures_show_callers_in_a_call_before_their_call_item() -> None:
     db.store_data("s", "w", 1, items)
     live = db.live_figures(RUN)
     assert live["calls_active"] == 1 and live["calls_attempted"] == 0
+
+
+def _metrics_with(ts: int, generator: dict | None) -> list:
+    item: dict = {"kind": "metrics", "run_id": RUN, "ts": ts, "endpoints": []}
+    item["endpoints"].append({"endpoint_id": "r-1/tx/0", "phase": "INCALL"})
+    if generator is not None:
+        item["generator"] = generator
+    return _items(item)
+
+
+def _gen(lag: float, late: float | None, skipped: int, overloaded: bool) -> dict:
+    return {
+        "loop_lag_ms_p99": lag,
+        "send_lateness_ms_p99": late,
+        "skipped_ticks": skipped,
+        "overloaded": overloaded,
+    }
+
+
+def test_generator_blocks_per_worker_and_second_reach_series_and_report() -> None:
+    from sipswarm.controller.report import build_report, render_html
+
+    db = Storage()
+    db.create_run(RUN, "gen", "groups: []", 1)
+    db.store_data("a", "w1", 1, _metrics_with(1000, _gen(1.0, 0.5, 0, False)))
+    db.store_data("b", "w2", 1, _metrics_with(1010, _gen(30.0, 12.0, 4, True)))
+    db.store_data("a", "w1", 2, _metrics_with(2000, _gen(2.0, None, 0, False)))
+    db.store_data("a", "w1", 3, _metrics_with(3000, None))  # a worker without the extension
+    health = db.generator_health(RUN)
+    assert health == {
+        "seconds": 2,
+        "overloaded_seconds": 1,
+        "loop_lag_ms_p99_max": 30.0,
+        "send_lateness_ms_p99_max": 12.0,
+        "skipped_ticks": 4,
+        "overloaded_seconds_by_worker": {"w1": 0, "w2": 1},
+    }
+    flags = [(p["ts"], p["generator_overloaded"]) for p in db.series(RUN)]
+    assert flags == [(1000, True), (2000, False), (3000, None)]
+    html = render_html(build_report(db, RUN))
+    assert "Generator overloaded in 1 of 2 seconds (w2: 1;" in html
+    assert "4 media clock ticks skipped" in html
+
+
+def test_report_says_the_generator_kept_up() -> None:
+    from sipswarm.controller.report import build_report, render_html
+
+    db = Storage()
+    db.create_run(RUN, "gen", "groups: []", 1)
+    db.store_data("a", "w1", 1, _metrics_with(1000, _gen(1.5, 0.7, 0, False)))
+    html = render_html(build_report(db, RUN))
+    assert "Generator kept up in all 1 seconds" in html

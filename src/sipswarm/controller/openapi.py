@@ -108,6 +108,7 @@ def _schemas() -> dict[str, Any]:
                             "jitter_ms": {"type": ["number", "null"]},
                             "loss": {"type": ["number", "null"]},
                             "rtt_ms": {"type": ["number", "null"]},
+                            "generator_overloaded": {"type": ["boolean", "null"]},
                         },
                     },
                 },

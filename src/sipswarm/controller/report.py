@@ -72,6 +72,7 @@ def build_report(
             for r in evaluate(thresholds, aggs)
         ],
         "series": storage.series(run_id),
+        "generator": storage.generator_health(run_id),
         "pdd_histogram": histogram(pdd),
         "failed_endpoints": [
             {**e, "trace": storage.traces(e["endpoint_id"], MAX_TRACE_MESSAGES)}
@@ -260,6 +261,29 @@ def _refused(assignments: list[dict[str, Any]]) -> str:
     return "".join(parts)
 
 
+def _generator(gen: dict[str, Any]) -> str:
+    """One sentence on whether the workers kept up (their metrics' ``generator`` blocks)."""
+    if not gen["seconds"]:
+        return ""
+    if not gen["overloaded_seconds"]:
+        return (
+            f'<p class="pass">Generator kept up in all {gen["seconds"]} seconds '
+            f"(worst loop lag p99 {_fmt(gen['loop_lag_ms_p99_max'])} ms, send lateness p99 "
+            f"{_fmt(gen['send_lateness_ms_p99_max'])} ms).</p>"
+        )
+    workers = ", ".join(
+        f"{escape(w)}: {n}" for w, n in gen["overloaded_seconds_by_worker"].items() if n
+    )
+    return (
+        f'<p class="fail">Generator overloaded in {gen["overloaded_seconds"]} of '
+        f"{gen['seconds']} seconds ({workers}; worst loop lag p99 "
+        f"{_fmt(gen['loop_lag_ms_p99_max'])} ms, send lateness p99 "
+        f"{_fmt(gen['send_lateness_ms_p99_max'])} ms, {gen['skipped_ticks']} media clock ticks "
+        "skipped): calls that overlapped those seconds are COMPLETED_WITH_WARNINGS, their "
+        "figures partly the generator's, not the system under test's.</p>"
+    )
+
+
 def render_html(report: dict[str, Any]) -> str:
     """The report as one HTML page with inline CSS and SVG."""
     aggs = report["aggregates"]
@@ -293,7 +317,8 @@ def render_html(report: dict[str, Any]) -> str:
             if thresholds
             else ""
         )
-        + f'<h2 id="results">Results</h2>{_aggregate_table(aggs)}'
+        + f'<h2 id="results">Results</h2>{_generator(report["generator"])}'
+        + _aggregate_table(aggs)
         + f'<h2 id="outcomes">Outcomes</h2>{_counts_table("outcome", aggs, "outcomes")}'
         + '<h2 id="final-codes">Final codes</h2>'
         + _counts_table("final code", aggs, "final_codes")

@@ -92,6 +92,10 @@ CREATE TABLE IF NOT EXISTS outcomes (
   run_id TEXT, endpoint_id TEXT, ts INTEGER, outcome TEXT, final_code INTEGER,
   reason TEXT, source TEXT);
 CREATE INDEX IF NOT EXISTS outcomes_run ON outcomes(run_id);
+CREATE TABLE IF NOT EXISTS generator (
+  run_id TEXT, worker_id TEXT, ts INTEGER, loop_lag_ms_p99 REAL, send_lateness_ms_p99 REAL,
+  skipped_ticks INTEGER, overloaded INTEGER);
+CREATE INDEX IF NOT EXISTS generator_run ON generator(run_id, ts);
 CREATE TABLE IF NOT EXISTS gaps (
   run_id TEXT, from_ts INTEGER, to_ts INTEGER, dropped_items INTEGER);
 """
@@ -236,6 +240,8 @@ class Storage:
         with self.db:
             for item in items:
                 self._store[type(item)](item)
+                if isinstance(item, MetricsItem) and item.generator is not None:
+                    self._generator(item, worker_id)
             self.db.execute(
                 "INSERT INTO streams VALUES (?, ?, ?) ON CONFLICT(stream) "
                 "DO UPDATE SET acked_seq = excluded.acked_seq",
@@ -357,6 +363,53 @@ class Storage:
             rows.append((item.run_id, item.ts, ep.endpoint_id, ep.phase.value, *values))
         marks = ",".join("?" * (4 + len(METRIC_KEYS)))
         self.db.executemany(f"INSERT INTO metrics VALUES ({marks})", rows)
+
+    def _generator(self, item: MetricsItem, worker_id: str) -> None:
+        gen = item.generator
+        assert gen is not None
+        self.db.execute(
+            "INSERT INTO generator VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                item.run_id,
+                worker_id,
+                item.ts,
+                gen.loop_lag_ms_p99,
+                gen.send_lateness_ms_p99,
+                gen.skipped_ticks,
+                int(gen.overloaded),
+            ),
+        )
+
+    def generator_health(self, run_id: str) -> dict[str, Any]:
+        """How the workers judged themselves over the run (the metrics items' ``generator``).
+
+        ``seconds`` with a judgement, ``overloaded_seconds`` in which any worker
+        was overloaded, the worst p99s, skipped media clock ticks, and the
+        overloaded seconds per worker. Empty figures when no worker sent any.
+        """
+        per_second = self.db.execute(
+            "SELECT COUNT(*), SUM(o) FROM (SELECT ts / 1000 AS t, MAX(overloaded) AS o "
+            "FROM generator WHERE run_id = ? GROUP BY t)",
+            (run_id,),
+        ).fetchone()
+        worst = self.db.execute(
+            "SELECT MAX(loop_lag_ms_p99), MAX(send_lateness_ms_p99), SUM(skipped_ticks) "
+            "FROM generator WHERE run_id = ?",
+            (run_id,),
+        ).fetchone()
+        workers = self.db.execute(
+            "SELECT worker_id, SUM(overloaded) FROM generator WHERE run_id = ? "
+            "GROUP BY worker_id ORDER BY worker_id",
+            (run_id,),
+        )
+        return {
+            "seconds": per_second[0],
+            "overloaded_seconds": per_second[1] or 0,
+            "loop_lag_ms_p99_max": worst[0],
+            "send_lateness_ms_p99_max": worst[1],
+            "skipped_ticks": worst[2] or 0,
+            "overloaded_seconds_by_worker": {r[0]: r[1] for r in workers},
+        }
 
     def _trace(self, item: TraceItem) -> None:
         self.db.execute(
@@ -497,7 +550,8 @@ class Storage:
         }
 
     def series(self, run_id: str) -> list[dict[str, Any]]:
-        """Per-second series: endpoints by phase, active calls, MOS, jitter, loss, RTT."""
+        """Per-second series: endpoints by phase, active calls, MOS, jitter, loss, RTT, and
+        ``generator_overloaded`` (any worker overloaded that second; None: not reported)."""
         rows = self.db.execute(
             "SELECT (m.ts / 1000) * 1000 AS t, m.phase, e.role, COUNT(*) AS n, "
             "AVG(m.mos) AS mos, AVG(m.jitter_ms) AS jitter, AVG(m.fraction_lost) AS loss, "
@@ -520,6 +574,15 @@ class Storage:
                 have = [(w[0], w[i]) for w in weights if w[i] is not None]
                 total = sum(n for n, _ in have)
                 point[key] = sum(n * v for n, v in have) / total if total else None
+            point["generator_overloaded"] = None
+        overloaded = self.db.execute(
+            "SELECT (ts / 1000) * 1000 AS t, MAX(overloaded) FROM generator WHERE run_id = ? "
+            "GROUP BY t",
+            (run_id,),
+        )
+        for t, flag in overloaded:
+            if t in out:
+                out[t]["generator_overloaded"] = bool(flag)
         return list(out.values())
 
     def group_names(self, run_id: str) -> list[str]:

@@ -214,11 +214,21 @@ class EndpointMetrics(_Wire):
     remote: RemoteStats | None = None
 
 
+class GeneratorBlock(_Wire):
+    """Extra (docs/protocol.md): was the worker itself keeping up in this interval?"""
+
+    loop_lag_ms_p99: float | None = None
+    send_lateness_ms_p99: float | None = None
+    skipped_ticks: int = 0
+    overloaded: bool = False
+
+
 class MetricsItem(_Wire):
     kind: Literal["metrics"] = "metrics"
     run_id: str
     ts: EpochMs
     endpoints: list[EndpointMetrics]
+    generator: GeneratorBlock | None = None  # extra, see GeneratorBlock
 
 
 class TraceItem(_Wire):
