@@ -36,7 +36,7 @@ from sipswarm.engine.outcomes import LOSS_WARNING_FRACTION
 from sipswarm.engine.rtp_session import RtpSession
 from sipswarm.engine.srtp import SrtpContext
 from sipswarm.engine.switchable import SwitchableCodec, SwitchableSource
-from sipswarm.errors import ConfigError, NegotiationError
+from sipswarm.errors import ConfigError, InvalidState, NegotiationError
 from sipswarm.media.codecs import Codec
 from sipswarm.media.sdes import ANSWER_SUITES, OFFER_SUITES, negotiated_keys, offer_crypto
 from sipswarm.media.sdp import LocalMedia, NegotiatedMedia
@@ -69,6 +69,11 @@ COUNTER_KEYS: dict[str, tuple[str, ...]] = {
 Opener = Callable[[SwitchableCodec, SwitchableSource], Awaitable[RtpSession]]
 
 
+def _detached(*args: Any) -> Any:
+    """The callbacks of a :meth:`CallMedia.detach`-ed leg."""
+    raise InvalidState("this call leg's endpoint is closed: its media cannot open again")
+
+
 class CallMedia:
     """One call leg's RTP. Next: ``open_port(codec)`` (signalling only) or ``await
     open(codec)``, then ``local(...)``, ``start(media)``, ``stop(answered)``."""
@@ -99,6 +104,17 @@ class CallMedia:
         self.negotiated: NegotiatedMedia | None = None
         self.first_rtp_ts: int | None = None
         self._closed_totals: dict[str, dict[str, Any]] | None = None
+
+    def detach(self) -> None:
+        """The owner closed for good: drop the opener and source callbacks.
+
+        They are closures over the owning endpoint, which holds this object:
+        dropping them leaves no reference cycle, so reference counting frees
+        the endpoint without the cyclic collector. :meth:`open` and
+        :meth:`start` then raise InvalidState; :meth:`stop` still closes a
+        session that an open in flight returns (the closer is kept).
+        """
+        self._opener = self._source_for = _detached
 
     def open_port(self) -> int | None:
         """Signalling only (``rtp`` false): the SDP port, :data:`DISCARD_PORT`, with nothing

@@ -586,6 +586,7 @@ class Endpoint:
         item = self._item("outcome", now, outcome=outcome.value, final_code=code, reason=reason)
         self.host.emit(item)
         self.host.endpoint_closed(self)
+        self.media.detach()  # its callbacks close over self: no cycle left for the GC
 
 
 _HANDLERS: dict[type, Callable[[Endpoint, Any], None]] = {

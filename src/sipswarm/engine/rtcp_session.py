@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from typing import TYPE_CHECKING, Final
 
 from sipswarm.media.rtcp import (
@@ -53,7 +54,9 @@ class RtcpReporter:
     """RTCP reports of one session. Built by the session; see the module docstring."""
 
     def __init__(self, session: RtpSession, step: int, ptime_ms: int) -> None:
-        self._session = session
+        # a weak proxy: the session owns this reporter, a strong reference back would be a
+        # cycle that only the cyclic collector frees (a pause in a shard with calls up)
+        self._session: RtpSession = weakref.proxy(session)
         self.received = 0
         self.invalid = 0
         self.remote_bye = False

@@ -82,6 +82,10 @@ def contiguous_frames(source: FrameSource) -> tuple[bytes, int, int] | None:
     return buffer, size, frames
 
 
+def _stopped(due: float) -> None:
+    """A stopped session's clock callback (it is off the clock already)."""
+
+
 class FastPath:
     """One session's C sender and poller registration; see the module docstring."""
 
@@ -156,6 +160,19 @@ class FastPath:
             poller.unregister(fd)
             self.polled = False
             self._loop.add_reader(fd, on_readable)
+
+    def detach(self) -> None:
+        """The session stopped for good: forget the C sender and the clock callback.
+
+        Both lead back to the session (the sender's fallback and the Python
+        path's callback are its bound ``_send_frame``), a reference cycle
+        that only the cyclic collector would free. ``tx`` becomes a
+        :class:`PySendState` with the same frame index and last schedule.
+        """
+        tx = PySendState()
+        tx.frame_index, tx.last_due = self.tx.frame_index, self.tx.last_due
+        self.tx = tx
+        self.clock_cb = _stopped
 
     def release(self, sock: socket.socket) -> None:
         """Stop sending in C and stop reading ``sock`` (poller or loop) before it closes."""

@@ -609,3 +609,7 @@ class RtpSession:
             self._rtp_sock = None
         self._connected = False
         self._set_sender(_discard)
+        # nothing bound to this session stays on it (no cycle: refcounting frees it)
+        self._send = self._send_raw = _discard
+        self._fast.detach()
+        self._tx, self._clock_cb = self._fast.tx, self._fast.clock_cb

@@ -29,8 +29,18 @@ __all__ = ["ScheduledCall", "Scheduler"]
 Callback = Callable[[float], None]
 
 
+def _spent(now: float) -> None:
+    """The callback of a cancelled or fired :class:`ScheduledCall`."""
+
+
 class ScheduledCall:
-    """A pending callback; :meth:`cancel` it if it must not run."""
+    """A pending callback; :meth:`cancel` it if it must not run.
+
+    Once cancelled or run it drops its callback, so an owner that keeps its
+    handle (an endpoint's timers, a run's metrics tick) is not on a reference
+    cycle through it, and nothing waits in the heap for the deadline to free
+    what the callback holds.
+    """
 
     __slots__ = ("callback", "cancelled", "deadline")
 
@@ -42,6 +52,7 @@ class ScheduledCall:
     def cancel(self) -> None:
         """Never run the callback (O(1); the heap entry is skipped later)."""
         self.cancelled = True
+        self.callback = _spent
 
 
 class Scheduler:
@@ -87,8 +98,9 @@ class Scheduler:
             if entry.cancelled:
                 continue
             entry.cancelled = True
+            callback, entry.callback = entry.callback, _spent
             try:
-                entry.callback(now)
+                callback(now)
             except Exception as exc:  # one endpoint's bug must not stop the others
                 self.errors += 1
                 if self._on_error is not None:

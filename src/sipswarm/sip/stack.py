@@ -165,6 +165,7 @@ class SipStack:
                 del self._core.listeners[user]
         if ep.registration is not None:
             self._core.timers.cancel(ep.registration, "refresh")
+            ep.registration = None  # it points back at ep: no cycle left for the GC
 
     def _listen(self, ep: Endpoint) -> None:
         current = self._core.listeners.setdefault(ep.contact_user, ep.owner)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from enum import Enum
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Final, Protocol
 
 from sipswarm.errors import InvalidState
 
@@ -153,6 +153,27 @@ class ClientUser(Protocol):
         RFC 3261 8.1.3.1)."""
 
 
+class _NoUser:
+    """The TU of a terminated client transaction: nothing more reaches the call.
+
+    A terminated transaction lets go of its TU, which usually holds it back
+    (a call keeps its INVITE transaction): no reference cycle is left, so
+    reference counting frees both once the stack forgets them.
+    """
+
+    def on_response(self, txn: ClientTransaction, msg: SipMessage, now: float) -> None:
+        """Ignored."""
+
+    def on_timeout(self, txn: ClientTransaction, now: float) -> None:
+        """Ignored."""
+
+    def on_transport_error(self, txn: ClientTransaction, reason: str, now: float) -> None:
+        """Ignored."""
+
+
+_NO_USER: Final = _NoUser()
+
+
 def _response_kind(status: int, invite: bool) -> str:
     if status < 200:
         return "1xx"
@@ -243,8 +264,9 @@ class ClientTransaction:
         if not self.waiting:
             return
         self.host.count("transport_failures")
+        tu = self.tu
         self._terminate()
-        self.tu.on_transport_error(self, reason, now)
+        tu.on_transport_error(self, reason, now)
 
     # -- responses ------------------------------------------------------------------
     def _on_provisional(self, old: TxnState, msg: SipMessage, now: float) -> None:
@@ -307,8 +329,9 @@ class ClientTransaction:
     def _timeout(self, old: TxnState, now: float) -> None:
         # RFC 3261 17.1.1.2 Timer B / 17.1.2.2 Timer F: inform the TU, terminate.
         self.host.count("transaction_timeouts")
+        tu = self.tu
         self._terminate()
-        self.tu.on_timeout(self, now)
+        tu.on_timeout(self, now)
 
     def _end(self, old: TxnState, now: float) -> None:
         self._terminate()
@@ -325,6 +348,7 @@ class ClientTransaction:
 
     def _terminate(self) -> None:
         self.state = S.TERMINATED
+        self.tu = _NO_USER  # no cycle with the call that holds this transaction
         self.host.timers.cancel_all(self, CLIENT_TIMERS)
         self.host.transaction_terminated(self)
 
@@ -461,5 +485,6 @@ class ServerTransaction:
 
     def _terminate(self) -> None:
         self.state = S.TERMINATED
+        self.tu = None  # no cycle with the call that holds this transaction
         self.host.timers.cancel_all(self, SERVER_TIMERS)
         self.host.transaction_terminated(self)
