@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SYSTEM_PACKAGES=(kamailio kamailio-sqlite-modules kamailio-tls-modules kamailio-websocket-modules dnsmasq-base sip-tester sqlite3 tshark iproute2)
+SYSTEM_PACKAGES=(kamailio kamailio-sqlite-modules kamailio-tls-modules kamailio-websocket-modules dnsmasq-base sip-tester sqlite3 tshark iproute2 gcc libc6-dev)
 missing=()
 for p in "${SYSTEM_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
