@@ -9,6 +9,8 @@ import json
 import wave
 from pathlib import Path
 
+from sipswarm._native import NATIVE
+
 from .conftest import controller, run, running_worker
 from .scripted_backend import Script, assign_frame
 
@@ -210,6 +212,7 @@ def test_health_and_metrics_endpoints(tmp_path: Path) -> None:
             assert health["status"] == "ONLINE" and health["connected"] is True
             assert health["active_endpoints"] == 3 and health["free_endpoints"] == 7
             assert health["version"] and health["worker_id"] == "w-test"
+            assert health["rtp_path"] == ("c" if NATIVE else "python")
             status, headers, body = await http_get(port, "/metrics")
             assert headers["Content-Type"].startswith("text/plain; version=0.0.4")
             assert 'sipswarm_endpoints{phase="REGISTERED"} 3' in body
