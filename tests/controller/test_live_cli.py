@@ -200,3 +200,11 @@ def test_terminal_echo_is_off_while_the_panel_is_drawn() -> None:
     finally:
         os.close(master)
         os.close(slave)
+
+
+def test_run_checks_max_endpoints_before_starting(capsys: pytest.CaptureFixture[str]) -> None:
+    plan = str(Path(__file__).resolve().parents[2] / "examples" / "quickstart.yaml")
+    assert main(["run", plan, "--max-endpoints", "0"]) == 2
+    assert "--max-endpoints must be 1 or more, got 0" in capsys.readouterr().err
+    assert main(["run", plan, "--max-endpoints", "50", "--workers", "2"]) == 2
+    assert "with --workers set it on them" in capsys.readouterr().err

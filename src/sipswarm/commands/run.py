@@ -83,6 +83,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--shards", type=int, default=None, help="engine processes of the local agent (CPUs)"
     )
+    parser.add_argument(
+        "--max-endpoints",
+        type=int,
+        default=None,
+        help="endpoints the local agent accepts at once (its MAX_ENDPOINTS, default 500)",
+    )
     parser.add_argument("--timeout", type=float, default=None, help="cancel the run after S s")
     parser.add_argument(
         "--log",
@@ -102,6 +108,7 @@ class RunSetup:
     token_generated: bool
     log_path: Path
     shards: int | None
+    max_endpoints: int | None = None
 
 
 def prepare(args: argparse.Namespace) -> RunSetup:
@@ -113,6 +120,10 @@ def prepare(args: argparse.Namespace) -> RunSetup:
         raise ConfigError(f"--workers must be 0 or more, got {args.workers}")
     if args.shards is not None and args.shards < 1:
         raise ConfigError(f"--shards must be 1 or more, got {args.shards}")
+    if args.max_endpoints is not None and args.max_endpoints < 1:
+        raise ConfigError(f"--max-endpoints must be 1 or more, got {args.max_endpoints}")
+    if args.max_endpoints is not None and args.workers:
+        raise ConfigError("--max-endpoints sizes the local agent; with --workers set it on them")
     host, port = parse_hostport(args.listen, "--listen")
     tokens = load_tokens(args.tokens) if args.tokens else set()
     generated = not tokens
@@ -129,7 +140,17 @@ def prepare(args: argparse.Namespace) -> RunSetup:
         workers_timeout_s=AGENT_START_TIMEOUT_S if args.workers == 0 else WORKERS_TIMEOUT_S,
         timeout_s=args.timeout,
     )
-    return RunSetup(plan, config, options, args.workers, token, generated, log_path, args.shards)
+    return RunSetup(
+        plan,
+        config,
+        options,
+        args.workers,
+        token,
+        generated,
+        log_path,
+        args.shards,
+        args.max_endpoints,
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -176,7 +197,7 @@ async def run_command(setup: RunSetup, log_file: IO[bytes]) -> int:
         else:
             print("starting the local agent ...", flush=True)
             agent = await LocalAgent.start(
-                controller.worker_url, setup.token, setup.shards, log_file
+                controller.worker_url, setup.token, setup.shards, log_file, setup.max_endpoints
             )
         wanted = setup.options.workers
         ready = await wait_ready(controller, wanted, setup.options.workers_timeout_s, stop, agent)
@@ -297,7 +318,12 @@ class LocalAgent:
 
     @classmethod
     async def start(
-        cls, url: str, token: str, shards: int | None, log_file: IO[bytes]
+        cls,
+        url: str,
+        token: str,
+        shards: int | None,
+        log_file: IO[bytes],
+        max_endpoints: int | None = None,
     ) -> LocalAgent:
         """Start ``sipswarm agent`` pointed at ``url``; its output goes to ``log_file``."""
         env = {
@@ -310,6 +336,8 @@ class LocalAgent:
         }
         if shards is not None:
             env["SHARDS"] = str(shards)
+        if max_endpoints is not None:
+            env["MAX_ENDPOINTS"] = str(max_endpoints)
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",

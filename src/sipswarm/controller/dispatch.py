@@ -109,7 +109,10 @@ def quotas(count: int, workers: Sequence[WorkerSlot]) -> dict[str, int]:
     free = sum(w.free for w in usable)
     if count > free:
         detail = ", ".join(f"{w.worker_id}: {w.free}" for w in workers) or "no worker connected"
-        raise CapacityError(f"the plan needs {count} endpoints, {free} are free ({detail})")
+        raise CapacityError(
+            f"the plan needs {count} endpoints, {free} are free ({detail}): add workers or raise"
+            " their MAX_ENDPOINTS (sipswarm run --max-endpoints N for its local agent)"
+        )
     if count == 0:
         return {}
     exact = {w.worker_id: count * w.free / free for w in usable}
