@@ -57,14 +57,18 @@ SEND_KEYS = {"packets_sent", "bytes_sent", "packets_sent_rate_ps", "bytes_sent_r
 RECV_KEYS = {"packets_received", "packets_lost", "jitter_ms", "mos", "r_factor"}
 
 
-async def connected(ctl: ControllerHarness, proc: AgentProcess, timeout: float = 20) -> None:
+async def connected(
+    ctl: ControllerHarness, proc: AgentProcess, timeout: float = 20, every_shard: bool = False
+) -> None:
+    """The agent is connected and can take endpoints; with ``every_shard``, all of its
+    shards are up (free = the hello's max_endpoints), not just the first one."""
+
     def up() -> bool:
         assert proc.running(), f"agent exited:\n{proc.log_tail()}"
-        return (
-            ctl.ws is not None
-            and bool(ctl.heartbeats)
-            and ctl.heartbeats[-1][1]["free_endpoints"] > 0
-        )
+        if ctl.ws is None or not ctl.heartbeats or not ctl.hellos:
+            return False
+        free = ctl.heartbeats[-1][1]["free_endpoints"]
+        return free >= ctl.hellos[-1]["capacity"]["max_endpoints"] if every_shard else free > 0
 
     await ctl.wait_for(up, timeout=timeout)
 
@@ -315,7 +319,8 @@ def test_two_shards_each_carry_endpoints_of_one_assignment(
         await ctl.start()
         try:
             proc = start_agent(agents, ctl.url, ctl.token, tmp_path, SHARDS=2, RTP_PORT_RANGE=ports)
-            await connected(ctl, proc, timeout=30)
+            # both shards up: a shard still starting has no capacity and would get nothing
+            await connected(ctl, proc, timeout=30, every_shard=True)
             ids = await assign_pairs(ctl, "r-shards", 4, duration_s=3)
             await all_incall(ctl, ids)
             shards = psutil.Process(proc.pid).children()
