@@ -234,6 +234,7 @@ def test_generator_blocks_per_worker_and_second_reach_series_and_report() -> Non
     db.store_data("a", "w1", 1, _metrics_with(1000, _gen(1.0, 0.5, 0, False)))
     db.store_data("b", "w2", 1, _metrics_with(1010, _gen(30.0, 12.0, 4, True)))
     db.store_data("a", "w1", 2, _metrics_with(2000, _gen(2.0, None, 0, False)))
+    db.store_data("b", "w2", 2, _metrics_with(1900, _gen(25.0, 11.0, 0, True)))  # same second
     db.store_data("a", "w1", 3, _metrics_with(3000, None))  # a worker without the extension
     health = db.generator_health(RUN)
     assert health == {

@@ -398,8 +398,8 @@ class Storage:
             (run_id,),
         ).fetchone()
         workers = self.db.execute(
-            "SELECT worker_id, SUM(overloaded) FROM generator WHERE run_id = ? "
-            "GROUP BY worker_id ORDER BY worker_id",
+            "SELECT worker_id, COUNT(DISTINCT CASE WHEN overloaded THEN ts / 1000 END) "
+            "FROM generator WHERE run_id = ? GROUP BY worker_id ORDER BY worker_id",
             (run_id,),
         )
         return {
