@@ -17,6 +17,7 @@ from sipswarm.engine.stream import StreamTransport
 from sipswarm.engine.timer import TimerSlot
 from sipswarm.engine.tls import TlsSettings, client_context, server_context
 from sipswarm.engine.transport import (
+    RECEIVE_SLICE,
     Address,
     TransportError,
     UdpTransport,
@@ -354,5 +355,55 @@ def test_options_to_kamailio_gets_200(kamailio: Kamailio, transport: str, run: R
         assert data.startswith(b"SIP/2.0 200 "), data
         assert remote == target and not inbox.errors
         t.close()
+
+    run(main)
+
+
+def test_udp_burst_is_handled_in_order_a_slice_per_loop_callback(run: Runner) -> None:
+    async def main() -> None:
+        inbox = Inbox()
+        a = await UdpTransport.open(inbox.on_message, inbox.on_error)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+            for i in range(40):  # one burst, read by the loop in one or two readiness events
+                peer.sendto(b"OPTIONS %d" % i, a.local_address)
+            await inbox.wait(40)
+        assert [m for m, _ in inbox.messages] == [b"OPTIONS %d" % i for i in range(40)]
+        # what the loop does with a burst it read at once: RECEIVE_SLICE per callback
+        inbox.messages.clear()
+        for i in range(3 * RECEIVE_SLICE):
+            a._datagram_received(b"BYE %d" % i, ("127.0.0.1", 5))
+        assert inbox.messages == []
+        await asyncio.sleep(0)
+        assert len(inbox.messages) == RECEIVE_SLICE
+        await inbox.wait(3 * RECEIVE_SLICE)
+        assert [m for m, _ in inbox.messages] == [b"BYE %d" % i for i in range(3 * RECEIVE_SLICE)]
+        a.close()
+
+    run(main)
+
+
+def test_udp_handler_failure_does_not_stall_the_queue_and_close_drops_it(run: Runner) -> None:
+    async def main() -> None:
+        seen: list[bytes] = []
+
+        def handler(data: bytes, remote: Address) -> None:
+            seen.append(data)
+            if data == b"bad":
+                raise RuntimeError("handler bug")
+
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _loop, _ctx: None)  # the loop logs it; here: quiet
+        a = await UdpTransport.open(handler, Inbox().on_error)
+        for data in (b"bad", *(b"m%d" % i for i in range(2 * RECEIVE_SLICE))):
+            a._datagram_received(data, ("127.0.0.1", 5))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert seen == [b"bad", *(b"m%d" % i for i in range(2 * RECEIVE_SLICE))]
+        for i in range(3 * RECEIVE_SLICE):
+            a._datagram_received(b"late %d" % i, ("127.0.0.1", 5))
+        a.close()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not any(m.startswith(b"late") for m in seen)
 
     run(main)

@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import socket
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -159,6 +160,12 @@ class ErrorReporter:
         self._report(kind, remote, str(exc) or repr(exc), code)
 
 
+#: SIP datagrams handled per loop callback (see UdpTransport).
+RECEIVE_SLICE = 4
+#: Datagrams read but not yet handled, beyond which new ones are dropped and counted.
+RECEIVE_QUEUE_MAX = 20_000
+
+
 class UdpTransport(ErrorReporter):
     """One UDP socket carrying SIP datagrams for one or many endpoints.
 
@@ -166,6 +173,13 @@ class UdpTransport(ErrorReporter):
     (port 0 picks a free one), then :meth:`send` and finally :meth:`close`.
     A datagram of only CRLFs is a keepalive and is counted, not delivered;
     a datagram larger than ``MAX_MESSAGE_SIZE`` cannot exist on UDP.
+
+    Datagrams are handled :data:`RECEIVE_SLICE` at a time, one loop callback
+    per slice, in arrival order. The loop reads up to 32 datagrams per
+    readiness event and used to hand them over back to back; a burst of call
+    set-ups or hang-ups (1-2 ms each: ports, SDP, items, RTP session stop)
+    then held the loop for 50 ms and the media clock's timer with it
+    (docs/benchmarks.md "RTP capacity"). Between slices the loop polls again.
     """
 
     name = "UDP"
@@ -177,6 +191,8 @@ class UdpTransport(ErrorReporter):
         self._on_error = on_error
         self.stats = TransportStats()
         self._local: Address = ("0.0.0.0", 0)
+        self._queue: deque[tuple[bytes, Address]] = deque()
+        self._draining = False
 
     @classmethod
     async def open(
@@ -229,7 +245,8 @@ class UdpTransport(ErrorReporter):
         self.stats.bytes_sent += len(data)
 
     def close(self) -> None:
-        """Close the socket; later sends are dropped and reported."""
+        """Close the socket; later sends are dropped and reported, queued datagrams dropped."""
+        self._queue.clear()
         if self._transport is not None:
             self._transport.close()
 
@@ -242,7 +259,29 @@ class UdpTransport(ErrorReporter):
             self.stats.dropped += 1
             return
         self.stats.messages_received += 1
-        self._on_message(data, remote)
+        queue = self._queue
+        if len(queue) >= RECEIVE_QUEUE_MAX:  # the handler is this far behind: as a full buffer
+            self.stats.dropped += 1
+            return
+        queue.append((data, remote))
+        if not self._draining:
+            self._draining = True
+            asyncio.get_running_loop().call_soon(self._drain)
+
+    def _drain(self) -> None:
+        """Hand the next slice of queued datagrams over; come back for the rest."""
+        queue, handle = self._queue, self._on_message
+        try:
+            for _ in range(RECEIVE_SLICE):
+                if not queue:
+                    break
+                data, remote = queue.popleft()
+                handle(data, remote)
+        finally:  # a handler's exception (logged by the loop) must not stall the queue
+            if queue:
+                asyncio.get_running_loop().call_soon(self._drain)
+            else:
+                self._draining = False
 
 
 def bind_error(proto: str, host: str, port: int, exc: OSError) -> ResourceError:
