@@ -150,18 +150,22 @@ class CallMedia:
             return self._signalling_only(address, codecs, ptime_ms, offer)
         if self.srtp != "sdes":
             return LocalMedia(address=address, port=port, codecs=codecs, ptime_ms=ptime_ms)
-        crypto = self._crypto.get(offer)
-        if crypto is None:
-            attrs = offer_crypto(OFFER_SUITES if offer else ANSWER_SUITES, self._random_bytes)
-            crypto = self._crypto[offer] = tuple(a.serialise() for a in attrs)
         return LocalMedia(
             address=address,
             port=port,
             codecs=codecs,
             ptime_ms=ptime_ms,
-            crypto=crypto,
+            crypto=self._crypto_lines(offer),
             proto="RTP/SAVP",
         )
+
+    def _crypto_lines(self, offer: bool) -> tuple[str, ...]:
+        """This leg's SDES ``a=crypto`` values for an offer or an answer, drawn once."""
+        crypto = self._crypto.get(offer)
+        if crypto is None:
+            attrs = offer_crypto(OFFER_SUITES if offer else ANSWER_SUITES, self._random_bytes)
+            crypto = self._crypto[offer] = tuple(a.serialise() for a in attrs)
+        return crypto
 
     def _signalling_only(
         self, address: str, codecs: Sequence[Codec], ptime_ms: int, offer: bool
@@ -171,13 +175,7 @@ class CallMedia:
         With ``srtp="sdes"`` it stays RTP/SAVP with ``a=crypto`` keys drawn like a real
         leg's (so an SRTP-only peer still negotiates); nothing is ever keyed or sent.
         """
-        crypto: tuple[str, ...] = ()
-        if self.srtp == "sdes":
-            crypto = self._crypto.get(offer) or ()
-            if not crypto:
-                suites = OFFER_SUITES if offer else ANSWER_SUITES
-                attrs = offer_crypto(suites, self._random_bytes)
-                crypto = self._crypto[offer] = tuple(a.serialise() for a in attrs)
+        crypto = self._crypto_lines(offer) if self.srtp == "sdes" else ()
         return LocalMedia(
             address=address,
             port=DISCARD_PORT,
