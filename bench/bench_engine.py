@@ -13,6 +13,10 @@ sample per shard per second (:meth:`harness.SwarmDriver.poll_clock`).
 
 from __future__ import annotations
 
+import cProfile
+import os
+from pathlib import Path
+
 from sipswarm.agent.backend import EmitItem
 from sipswarm.agent.config import AgentConfig
 from sipswarm.engine.engine import EndpointEngine, engine_backend_factory
@@ -52,4 +56,25 @@ def bench_engine_factory(config: AgentConfig, emit: EmitItem) -> EndpointEngine:
     """Shard factory (``bench_engine:bench_engine_factory``): the agent's engine settings."""
     base = engine_backend_factory(config, emit)
     engine = BenchEngine(base.settings, emit)
+    _profile_if_asked(engine)
     return engine
+
+
+def _profile_if_asked(engine: EndpointEngine) -> None:
+    """``SIPSWARM_BENCH_PROFILE=<dir>``: run this shard under cProfile and write
+    ``<dir>/shard-<pid>.prof`` every 2 s (the shard is stopped by signal, so no
+    exit hook would run). For finding per-call work: the counts are exact, the
+    times inflated by the profiler."""
+    out = os.environ.get("SIPSWARM_BENCH_PROFILE")
+    if not out:
+        return
+    profiler = cProfile.Profile()
+    profiler.enable()
+    path = Path(out) / f"shard-{os.getpid()}.prof"
+
+    def dump() -> None:
+        profiler.dump_stats(path)  # create_stats() disables the profiler
+        profiler.enable()
+        engine.loop.call_later(2.0, dump)
+
+    engine.loop.call_later(2.0, dump)

@@ -327,6 +327,36 @@ def test_timer_slot_keeps_one_handle_and_passes_now(run: Runner) -> None:
     run(main)
 
 
+def test_timer_slot_runs_a_deadline_once_though_the_loop_clock_lags_it(run: Runner) -> None:
+    """uvloop runs a handle due in under 0.5 ms at once (call_at rounds to whole ms) with
+    its millisecond clock short of the deadline: the slot must hand over the deadline as
+    ``now``, or an owner that re-arms until its deadline is reached (as the Scheduler
+    and the SIP runtime do) spins the loop until the clock ticks."""
+
+    class Owner:
+        def __init__(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+            self.deadline = deadline
+            self.calls: list[float] = []
+            self.slot = TimerSlot(loop, self.fire)
+
+        def fire(self, now: float) -> None:
+            self.calls.append(now)
+            if now < self.deadline:  # nothing due yet: re-arm, as an owner does
+                self.slot.arm(self.deadline)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for delay in (0.0002, 0.0004, 0.0013, 0.0027):
+            owner = Owner(loop, loop.time() + delay)
+            owner.slot.arm(owner.deadline)
+            await asyncio.sleep(delay + 0.01)
+            calls = owner.calls
+            assert calls and calls[-1] >= owner.deadline, (delay, calls)
+            assert len(calls) == 1, f"{len(calls)} wake-ups for one deadline {delay * 1000} ms out"
+
+    run(main)
+
+
 # ---------------------------------------------------------------- against Kamailio
 
 
