@@ -9,7 +9,9 @@ each INVITE, for any user, to a child endpoint that rings, answers after
 ``--answer-delay`` seconds, sends RTP and hangs up after ``--duration``
 (unless the caller does first). A second call while one is up is simply
 another child. OPTIONS are answered 200. SIGINT/SIGTERM unregister and exit
-0; ``--max-calls N`` exits after N calls (for scripts).
+0; ``--max-calls N`` exits after N calls (for scripts). It runs on uvloop
+with the garbage collector tuned as an agent's engine process is
+(``tune_gc``), so a far end under load behaves as the agent's shards do.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ import contextlib
 import signal
 import sys
 
+import uvloop
+
+from sipswarm.agent.shard_process import tune_gc
 from sipswarm.commands.call import (
     ItemPrinter,
     add_common,
@@ -56,6 +61,7 @@ async def run_answer(args: argparse.Namespace, printer: ItemPrinter) -> int:
     trace = TraceMode.NONE if args.quiet else TraceMode.ALL
     try:
         service = engine.start_service(spec, "answer", trace)
+        tune_gc()  # as an agent's engine does once built: a far end takes many calls
         while not stop.is_set() and not service.closed:
             if args.max_calls and len(printer.calls) >= args.max_calls:
                 break
@@ -77,7 +83,8 @@ def main(args: argparse.Namespace) -> int:
     """Entry point of ``sipswarm answer``."""
     printer = ItemPrinter(sys.stdout, trace=not args.quiet)
     try:
-        return asyncio.run(run_answer(args, printer))
+        code: int = uvloop.run(run_answer(args, printer))  # the agent's loop
+        return code
     except SipswarmError as exc:
         print(f"sipswarm answer: {exc}", file=sys.stderr)
         return 2

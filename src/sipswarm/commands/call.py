@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
+import uvloop
 from sipmessage import URI
 
 from sipswarm.agent.assignment import EndpointSpec, validate_assignment
@@ -263,7 +264,8 @@ def main(args: argparse.Namespace) -> int:
     """Entry point of ``sipswarm call``."""
     printer = ItemPrinter(sys.stdout, trace=not args.quiet)
     try:
-        return asyncio.run(run_call(args, printer))
+        code: int = uvloop.run(run_call(args, printer))  # the agent's loop
+        return code
     except SipswarmError as exc:
         print(f"sipswarm call: {exc}", file=sys.stderr)
         return EXIT_USAGE
