@@ -88,12 +88,13 @@ class Result:
 class Bed:
     """Kamailio, both far ends and the sipswarm callers; ``close()`` stops them by PID."""
 
-    def __init__(self, workdir: Path, shards: int, rtp: bool = False, far_gc: str = "tuned"
-                 ) -> None:  # fmt: skip
+    def __init__(self, workdir: Path, shards: int, rtp: bool = False, far_gc: str = "tuned",
+                 trace: str = "none") -> None:  # fmt: skip
         self.workdir = workdir
         self.shards = shards
         self.rtp = rtp  # sipswarm calls with media (--media), else signalling only
         self.far_gc = far_gc
+        self.trace = trace  # the sipswarm callers' trace setting
         self.kam: Kamailio | None = None
         self.uas: SippUas | None = None
         self.far: ManagedProcess | None = None
@@ -124,7 +125,7 @@ class Bed:
             reg = run_sipp_register(self.workdir, kam, users, address, expires=3600)
             if reg.stats.failed or reg.stats.successful != len(users):
                 raise RuntimeError(f"registration of {callees} failed: {reg.stats}")
-        self.driver = harness.SwarmDriver(self.shards, 40_000, (20000, 39999))
+        self.driver = harness.SwarmDriver(self.shards, 40_000, (20000, 39999), self.trace)
         await self.driver.start()
 
     async def close(self) -> str:
@@ -369,9 +370,10 @@ async def amain(args: argparse.Namespace) -> None:
     print(
         "sipswarm calls:",
         "with RTP (--media)" if args.media else "signalling only (media.rtp false)",
+        f"trace: {args.trace}",
     )
     with tempfile.TemporaryDirectory(prefix="sipswarm-rate-") as tmp:
-        bed = Bed(Path(tmp), args.shards, rtp=args.media, far_gc=args.far_gc)
+        bed = Bed(Path(tmp), args.shards, rtp=args.media, far_gc=args.far_gc, trace=args.trace)
         results: list[Result] = []
         try:
             await bed.open()
@@ -405,6 +407,10 @@ def main() -> None:
         default="tuned",
         help="the sipswarm far end's GC: tuned as a shard's, or Python's",
     )
+    parser.add_argument(
+        "--trace", choices=("none", "failures", "all"), default="none",
+        help="the sipswarm callers' trace setting (none; a plan's default is failures)",
+    )  # fmt: skip
     parser.add_argument("--media", action="store_true",
                         help="sipswarm calls carry RTP (default: signalling only, media.rtp "
                              "false, as SIPp's UAC/UAS here)")  # fmt: skip

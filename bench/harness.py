@@ -278,7 +278,9 @@ class SwarmDriver:
     """A sharded sipswarm engine in this process's loop. Next: ``await start()``,
     ``await assign(endpoints, ...)``, ``wait_finished``, ``await close()``."""
 
-    def __init__(self, shards: int, max_endpoints: int, rtp_ports: tuple[int, int]) -> None:
+    def __init__(
+        self, shards: int, max_endpoints: int, rtp_ports: tuple[int, int], trace: str = "none"
+    ) -> None:
         os.environ["PYTHONPATH"] = os.pathsep.join(
             [str(BENCH), str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]
         )
@@ -295,6 +297,7 @@ class SwarmDriver:
             shards=shards,
         )
         self.backend = ShardedBackend(self.config, self.items, BENCH_FACTORY, shards)
+        self.trace = trace  # the assignments' trace setting (a plan's default is failures)
         self._n = 0
         self._last_second: dict[int, float] = {}
         self.clock_samples: list[dict[str, float]] = []
@@ -321,7 +324,7 @@ class SwarmDriver:
             "assignment_id": aid,
             "run_id": run_id,
             "start_at": start_at_ms,
-            "settings": {"trace": "none", "metrics_interval_ms": 1000},
+            "settings": {"trace": self.trace, "metrics_interval_ms": 1000},
             "endpoints": endpoints,
         }
         spec, problems = validate_assignment(raw, ())
