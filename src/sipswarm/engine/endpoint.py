@@ -210,34 +210,63 @@ class Endpoint:
 
     # -- start ------------------------------------------------------------------------
     def start(self, now: float) -> None:
-        """Go INITIALIZING and begin (resolve, bind, register or listen)."""
-        self._go(Phase.INITIALIZING, now)
-        self._task = self.host.spawn(self._guard(self._start()))
+        """Go INITIALIZING and begin (resolve, bind, register or listen).
 
-    async def _start(self) -> None:
-        spec, host = self.spec, self.host
+        The common case needs no await: an IP-literal server (or localhost)
+        and a shared SIP runtime already open make the whole set-up, up to the
+        REGISTER, the listening contact or the INVITE, happen in this call. A
+        DNS name, an own socket or the first runtime of a transport take a
+        short task (:meth:`_start`) instead.
+        """
+        self._go(Phase.INITIALIZING, now)
         try:
-            self.target = await self._resolve()
-            runtime = await host.runtime_for(self, self.target.transport.lower())
-        except ResolutionError as exc:
-            outcome = (
-                Outcome.REGISTRATION_FAILED if spec.registrar.register else Outcome.CALL_FAILED
-            )
-            return self._abort(outcome, str(exc))
-        except (ResourceError, OSError) as exc:
-            return self._abort(Outcome.OSERROR, f"cannot open a SIP socket: {exc}")
+            target = self._resolve_now()
+            runtime = None
+            if target is not None:
+                self.target = target  # runtime_now names a WebSocket server by it
+                runtime = self.host.runtime_now(self, target.transport.lower())
         except SipswarmError as exc:
-            return self._abort(Outcome.CALL_FAILED, str(exc))
+            return self._start_failed(exc)
+        if runtime is None:
+            self._task = self.host.spawn(self._guard(self._start(target)))
+            return
+        try:
+            self._attached(runtime, now)
+        except Exception as exc:  # as _guard does for the task: close it, count it
+            self._internal_error(exc)
+            raise
+
+    async def _start(self, target: ServerTarget | None) -> None:
+        """The awaited set-up: DNS (RFC 3263) and/or opening a socket, then :meth:`_attached`."""
+        try:
+            self.target = target or await self._resolve()
+            runtime = await self.host.runtime_for(self, self.target.transport.lower())
+        except (SipswarmError, OSError) as exc:
+            return self._start_failed(exc)
         if self.cancelled:
-            host.release_runtime(self, runtime)
-            return self._closed(host.loop.time())
+            self.host.release_runtime(self, runtime)
+            return self._closed(self.host.loop.time())
+        self._attached(runtime, self.host.loop.time())
+
+    def _start_failed(self, exc: SipswarmError | OSError) -> None:
+        """The set-up failed: the outcome says which step (server, socket, settings)."""
+        if isinstance(exc, ResolutionError):
+            register = self.spec.registrar.register
+            self._abort(Outcome.REGISTRATION_FAILED if register else Outcome.CALL_FAILED, str(exc))
+        elif isinstance(exc, ResourceError | OSError):
+            self._abort(Outcome.OSERROR, f"cannot open a SIP socket: {exc}")
+        else:
+            self._abort(Outcome.CALL_FAILED, str(exc))
+
+    def _attached(self, runtime: SipRuntime, now: float) -> None:
+        """Use ``runtime``: register (the 2xx makes it REGISTERED) or listen (REGISTERED now)."""
+        spec = self.spec
         self.runtime = runtime
         runtime.attach(self.key, self)
         stack = self._stack()
         stack.take_reinvites(self.key)  # answered by engine/actions.py (hold/resume)
         if self.trace is not TraceMode.NONE:
             stack.set_trace(self.key)
-        now = host.loop.time()
         if spec.registrar.register:
             self._with_contact_user(
                 lambda user: stack.register(
@@ -267,17 +296,35 @@ class Endpoint:
             return action(f"{self.account.username}-{id(self):x}")
 
     async def _resolve(self) -> ServerTarget:
+        """The server to send to, through DNS (RFC 3263); see :meth:`_server`."""
+        resolver = self.host.resolver
+        uri, host = self._server()
+        if uri is not None:
+            return (await resolver.resolve_uri(uri))[0]
         r = self.spec.registrar
-        transport = "auto" if r.transport.value == "auto" else r.transport.value
+        return (await resolver.resolve(host, r.port, r.transport.value))[0]
+
+    def _resolve_now(self) -> ServerTarget | None:
+        """:meth:`_resolve` when no DNS is needed (an IP literal), else None."""
+        resolver = self.host.resolver
+        uri, host = self._server()
+        if uri is not None:
+            targets = resolver.resolve_uri_now(uri)
+        else:
+            r = self.spec.registrar
+            targets = resolver.resolve_now(host, r.port, r.transport.value)
+        return None if targets is None else targets[0]
+
+    def _server(self) -> tuple[str | None, str]:
+        """Where requests go: (a URI to resolve, "") for an outbound proxy or a direct
+        call (to the target's host, RFC 3263), else (None, the registrar's host)."""
+        r = self.spec.registrar
         proxy = self._proxy_uri()
         if proxy is not None:
-            targets = await self.host.resolver.resolve_uri(proxy)
-        elif r.register or r.host:
-            targets = await self.host.resolver.resolve(r.host or r.domain, r.port, transport)
-        else:  # a direct call: to the target's host (RFC 3263)
-            uri = self.call_spec.target or f"sip:{r.domain}"
-            targets = await self.host.resolver.resolve_uri(uri)
-        return targets[0]
+            return proxy, ""
+        if r.register or r.host:
+            return None, r.host or r.domain
+        return self.call_spec.target or f"sip:{r.domain}", ""
 
     def _proxy_uri(self) -> str | None:
         proxy = self.spec.registrar.outbound_proxy
@@ -331,9 +378,13 @@ class Endpoint:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self.fail(Outcome.CALL_FAILED, f"internal error: {exc!r}")
-            self.force_close(self.host.loop.time())
+            self._internal_error(exc)
             raise
+
+    def _internal_error(self, exc: Exception) -> None:
+        """A bug in a set-up step: this endpoint ends CALL_FAILED, the others go on."""
+        self.fail(Outcome.CALL_FAILED, f"internal error: {exc!r}")
+        self.force_close(self.host.loop.time())
 
     def _cancel_timers(self) -> None:
         for handle in self._timers.values():

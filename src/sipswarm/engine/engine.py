@@ -197,12 +197,25 @@ class EndpointEngine:
         self.errors.append(f"{type(exc).__name__}: {exc}")
         del self.errors[:-20]
 
-    async def runtime_for(self, endpoint: Endpoint, transport: str) -> SipRuntime:
-        """The SIP runtime an endpoint uses: shared per transport or its own socket."""
+    def runtime_now(self, endpoint: Endpoint, transport: str) -> SipRuntime | None:
+        """The shared runtime of ``transport`` when it is open already (no await);
+        None when a socket must be opened first: then ``await runtime_for(...)``."""
         if transport not in _TRANSPORTS:
             raise ConfigError(
                 f"registrar.transport {transport!r} is not supported; use udp/tcp/tls/wss"
             )
+        if self.settings.socket_per_endpoint:
+            return None
+        shared = self._runtimes.get(transport)  # set only once fully open (runtime_for)
+        if shared is not None:
+            _name_server(shared, endpoint)
+        return shared
+
+    async def runtime_for(self, endpoint: Endpoint, transport: str) -> SipRuntime:
+        """The SIP runtime an endpoint uses: shared per transport or its own socket."""
+        shared = self.runtime_now(endpoint, transport)
+        if shared is not None:
+            return shared
         target = endpoint.target.address if endpoint.target is not None else None
         if self.settings.socket_per_endpoint:
             runtime = await self._open_runtime(transport, 0, target)
@@ -216,9 +229,7 @@ class EndpointEngine:
                     shared = await self._open_runtime(transport, self.settings.sip_port, target)
                     self._runtimes[transport] = shared
             runtime = shared
-        if isinstance(runtime.transport, WsTransport) and endpoint.target is not None:
-            # Host header and certificate name: the domain, not the resolved address.
-            runtime.transport.name_server(endpoint.target.address, endpoint.target.server_name)
+        _name_server(runtime, endpoint)
         return runtime
 
     async def _open_runtime(
@@ -529,6 +540,13 @@ class EndpointEngine:
         if self.media is not None:
             await self.media.close()
         await asyncio.sleep(0)
+
+
+def _name_server(runtime: SipRuntime, endpoint: Endpoint) -> None:
+    """WebSocket: the Host header and certificate name of the endpoint's server are
+    the domain, not the resolved address."""
+    if isinstance(runtime.transport, WsTransport) and endpoint.target is not None:
+        runtime.transport.name_server(endpoint.target.address, endpoint.target.server_name)
 
 
 def source_address_towards(target: tuple[str, int] | None) -> str:

@@ -18,6 +18,13 @@ them in order). The steps, each cited where it is implemented:
    SRV target's A/AAAA records. Without SRV, A/AAAA of the host with the
    default port (5060, 5061 for TLS).
 
+Without DNS: :meth:`SipResolver.resolve_now` answers at once, without
+awaiting, for a host that needs no query (an IP literal, ``localhost``, an
+override to one) and returns None otherwise (then await :meth:`resolve`).
+Its answers never change, so they are remembered per argument tuple: a
+caller shard placing thousands of calls to one proxy address resolves it
+once, and each endpoint's set-up stays in one callback (engine/endpoint.py).
+
 Every DNS answer is cached for its TTL (clamped to ``min_ttl``..``max_ttl``);
 a name that does not exist or has no record of the type is cached for
 ``negative_ttl``. A server that does not answer is not cached. Randomness
@@ -51,6 +58,8 @@ _TRANSPORTS = ("UDP", "TCP", "TLS")
 # RFC 7118 defines no NAPTR/SRV service for SIP over WebSocket: only when asked for
 # explicitly, by A/AAAA and the port given (default 80/443, the URI's scheme).
 _WEBSOCKET = ("WS", "WSS")
+#: Bound of each of the resolver's memos (cleared when full: plans use a few hosts).
+_MEMO_SIZE = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,21 +133,42 @@ class SipResolver:
             self._dns.port = settings.nameservers[0][1] if settings.nameservers else 53
         self._dns.lifetime = settings.timeout
         self._dns.timeout = settings.timeout
+        # resolve_now's answers and parsed URIs: they depend on the arguments only
+        self._literal_memo: dict[tuple[str, int | None, str, bool], ServerTarget | None] = {}
+        self._uri_memo: dict[str, tuple[str, int | None, str, bool]] = {}
         self.queries_sent = 0
         self.cache_hits = 0
         self._last_failure = ""
 
     async def resolve_uri(self, uri: str) -> list[ServerTarget]:
         """Resolve a ``sip:``/``sips:`` URI: maddr, port and transport parameters respected."""
+        host, port, transport, secure = self._uri_parts(uri)
+        return await self.resolve(host, port, transport, secure=secure)
+
+    def resolve_uri_now(self, uri: str) -> list[ServerTarget] | None:
+        """:meth:`resolve_uri` without awaiting when no DNS is needed, else None
+        (see :meth:`resolve_now`)."""
+        host, port, transport, secure = self._uri_parts(uri)
+        return self.resolve_now(host, port, transport, secure=secure)
+
+    def resolve_now(
+        self, host: str, port: int | None = None, transport: str = "auto", *, secure: bool = False
+    ) -> list[ServerTarget] | None:
+        """The targets of :meth:`resolve` when they need no DNS (an IP literal,
+        ``localhost``, an override to an IP), found without awaiting; None when
+        DNS must be asked: then ``await resolve(...)`` with the same arguments.
+
+        Raises ConfigError for an unknown transport, as :meth:`resolve` does.
+        """
+        key = (host, port, transport, secure)
         try:
-            parsed = URI.parse(uri)
-        except ValueError as exc:
-            raise ConfigError(f"not a SIP URI: {uri!r} ({exc})") from exc
-        params = parsed.parameters
-        host = params.get("maddr") or parsed.host
-        transport = (params.get("transport") or "auto").upper()
-        secure = parsed.scheme == "sips"
-        return await self.resolve(host, parsed.port, transport, secure=secure)
+            target = self._literal_memo[key]
+        except KeyError:
+            target = self._literal_target(*self._normalise(host, port, transport, secure))
+            if len(self._literal_memo) >= _MEMO_SIZE:
+                self._literal_memo.clear()
+            self._literal_memo[key] = target
+        return None if target is None else [target]
 
     async def resolve(
         self, host: str, port: int | None = None, transport: str = "auto", *, secure: bool = False
@@ -149,19 +179,10 @@ class SipResolver:
         is true for a sips URI (then only TLS qualifies). Raises
         ResolutionError when DNS has nothing usable.
         """
-        transport = transport.upper()
-        if transport != "AUTO" and transport not in _TRANSPORTS + _WEBSOCKET:
-            raise ConfigError(
-                f"transport must be auto, udp, tcp, tls, ws or wss, got {transport!r}"
-            )
-        if secure and transport in ("UDP", "TCP"):
-            transport = "TLS"  # RFC 3263 §4.1: sips is TLS over TCP
-        elif secure and transport == "WS":
-            transport = "WSS"  # RFC 7118: a sips URI over WebSocket means WSS
-        domain = host.strip("[]").rstrip(".").lower()
-        name, port = self._apply_override(domain, port)
-        if name == "localhost" or name.endswith(".localhost"):
-            name = "127.0.0.1"  # RFC 6761 6.3: loopback, without asking DNS
+        literal = self.resolve_now(host, port, transport, secure=secure)
+        if literal is not None:
+            return literal
+        name, port, transport, domain, _ = self._normalise(host, port, transport, secure)
         self._last_failure = ""
         if transport == "AUTO":
             targets = await self._resolve_auto(name, port, domain, secure)
@@ -178,6 +199,56 @@ class SipResolver:
     def clear_cache(self) -> None:
         """Forget every cached answer."""
         self._cache.clear()
+
+    def _uri_parts(self, uri: str) -> tuple[str, int | None, str, bool]:
+        """Host (maddr first), port, transport and sips-ness of a SIP URI (remembered)."""
+        parts = self._uri_memo.get(uri)
+        if parts is not None:
+            return parts
+        try:
+            parsed = URI.parse(uri)
+        except ValueError as exc:
+            raise ConfigError(f"not a SIP URI: {uri!r} ({exc})") from exc
+        params = parsed.parameters
+        host = params.get("maddr") or parsed.host
+        transport = (params.get("transport") or "auto").upper()
+        parts = (host, parsed.port, transport, parsed.scheme == "sips")
+        if len(self._uri_memo) >= _MEMO_SIZE:
+            self._uri_memo.clear()
+        self._uri_memo[uri] = parts
+        return parts
+
+    def _normalise(
+        self, host: str, port: int | None, transport: str, secure: bool
+    ) -> tuple[str, int | None, str, str, bool]:
+        """(name to look up, port, TRANSPORT or AUTO, domain, secure) for ``host``:
+        transport checked, sips applied, override applied, localhost made loopback."""
+        transport = transport.upper()
+        if transport != "AUTO" and transport not in _TRANSPORTS + _WEBSOCKET:
+            raise ConfigError(
+                f"transport must be auto, udp, tcp, tls, ws or wss, got {transport!r}"
+            )
+        if secure and transport in ("UDP", "TCP"):
+            transport = "TLS"  # RFC 3263 §4.1: sips is TLS over TCP
+        elif secure and transport == "WS":
+            transport = "WSS"  # RFC 7118: a sips URI over WebSocket means WSS
+        domain = host.strip("[]").rstrip(".").lower()
+        name, port = self._apply_override(domain, port)
+        if name == "localhost" or name.endswith(".localhost"):
+            name = "127.0.0.1"  # RFC 6761 6.3: loopback, without asking DNS
+        return name, port, transport, domain, secure
+
+    @staticmethod
+    def _literal_target(
+        name: str, port: int | None, transport: str, domain: str, secure: bool
+    ) -> ServerTarget | None:
+        """The one target of an IP literal (RFC 3263 §4.2: no DNS at all), else None."""
+        ip = _ip_literal(name)
+        if ip is None:
+            return None
+        if transport == "AUTO":  # RFC 3263 §4.1: a numeric IP selects UDP (TLS for sips)
+            transport = "TLS" if secure else "UDP"
+        return ServerTarget(transport, (ip, port or DEFAULT_PORTS[transport]), domain)
 
     def _apply_override(self, domain: str, port: int | None) -> tuple[str, int | None]:
         override = self.settings.overrides.get(domain)
