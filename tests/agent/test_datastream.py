@@ -234,3 +234,34 @@ def test_oversize_item_is_counted_and_dropped() -> None:
             "dropped_kinds": {"trace": 1},
         }
     ]
+
+
+def test_items_are_encoded_as_json_dumps_would() -> None:
+    """The item encoder is made once (not per item) and writes json.dumps's bytes."""
+    from pathlib import Path
+
+    item = {
+        "kind": "outcome",
+        "run_id": "r-ü",
+        "endpoint_id": "e/1",
+        "ts": 7,
+        "reason": 'said "no" ☎',
+        "final_code": None,
+        "nested": {"x": [1, 2.5, True, None], "path": Path("/tmp/a")},
+        3: "int key",
+    }
+    ds = DataStream("u")
+    ds.append(item)
+    ds.connection_made(None)
+    ((_, text),) = ds.frames_to_send()
+    expected = json.dumps(item, separators=(",", ":"), ensure_ascii=False, default=str)
+    assert text == f'{{"type":"data","seq":1,"items":[{expected}]}}'
+
+
+def test_oversize_is_measured_in_utf8_bytes() -> None:
+    """6 M characters: under the 16 MiB frame as ASCII, over it as 3-byte characters."""
+    ds = DataStream("u")
+    ds.append({"kind": "trace", "run_id": "r", "ts": 1, "message": "x" * 6_000_000})
+    assert ds.counters.oversize_dropped == 0
+    ds.append({"kind": "trace", "run_id": "r", "ts": 2, "message": "€" * 6_000_000})
+    assert ds.counters.oversize_dropped == 1
