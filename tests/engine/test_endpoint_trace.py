@@ -63,3 +63,12 @@ def test_failed_endpoint_emits_its_bounded_trace_before_its_outcome() -> None:
     kinds = [i["kind"] for i in items.items if i.get("endpoint_id") == "t/busy"]
     assert kinds.index("outcome") > max(i for i, k in enumerate(kinds) if k == "trace")
     assert items.outcome("t/busy")["outcome"] == "CALL_FAILED"
+    # held as raw records, built at close: the same item as trace: all sends at once
+    keys = ["kind", "run_id", "endpoint_id", "ts", "dir", "transport", "local", "remote",
+            "message"]  # fmt: skip
+    assert all(list(t) == keys and t["transport"] == "UDP" for t in traces)
+    stamps = [t["ts"] for t in traces]
+    assert all(type(ts) is int for ts in stamps) and stamps == sorted(stamps)
+    assert stamps[-1] <= items.outcome("t/busy")["ts"]
+    assert {t["dir"] for t in traces} == {"in", "out"}
+    assert all(t["local"].startswith("127.0.0.1:") for t in traces)

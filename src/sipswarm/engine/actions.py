@@ -111,6 +111,8 @@ class CallActions:
 def start(ep: Endpoint, now: float) -> None:
     """The call is up (INCALL): arm the ``at_s`` actions and the DTMF poll if needed."""
     ep.call_actions = CallActions()
+    if not ep.spec.actions:  # most calls: nothing to arm
+        return
     for i, action in enumerate(ep.spec.actions):
         if action.at_s is not None:
             ep._timer(f"action{i}", action.at_s, partial(run, ep, action))

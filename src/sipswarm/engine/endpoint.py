@@ -54,6 +54,7 @@ from sipswarm.engine.actions import CallActions
 from sipswarm.engine.call_media import CallMedia
 from sipswarm.engine.host import EndpointHost
 from sipswarm.engine.outcomes import (
+    PHASE_TRANSITIONS,
     OutcomeState,
     call_item,
     check_transition,
@@ -126,6 +127,7 @@ class Endpoint:
         self.host = host
         self.spec = spec
         self.run_id = run_id
+        self.endpoint_id = spec.endpoint_id
         self.key = (run_id, spec.endpoint_id)
         self.trace = trace
         self.service = service
@@ -165,33 +167,51 @@ class Endpoint:
         self.adopted = False  # a child of a service endpoint: exactly one call
         self._timers: dict[str, ScheduledCall] = {}
         self._task: asyncio.Task[None] | None = None
-        self._traces = FailureTrace()  # trace: failures (first 50, last 150)
+        # trace: failures (first 50, last 150): (record, transport, local) per message
+        self._traces: FailureTrace[tuple[TraceRecord, str, str]] = FailureTrace()
         self.call_actions = CallActions()  # hold state of the current call (engine/actions.py)
         self.action_counts: Counter[str] = Counter()  # holds sent/received ..., for counters()
         self.on_closed: Callable[[Endpoint], None] | None = None
 
-    @property
-    def endpoint_id(self) -> str:
-        return self.spec.endpoint_id
-
     # -- phases and items -------------------------------------------------------------
-    def _go(self, phase: Phase, now: float, **extra: Any) -> None:
-        """Move to ``phase`` (InvalidState if it is not later) and emit its item."""
+    # Hot: eight phase items per call. Each is one dict literal in PROTOCOL.md's key
+    # order; ``_value_`` is the member's plain str, read without the ``value``
+    # property's descriptor call (the item must carry a str, not the enum).
+    def _go(self, phase: Phase, now: float, ts: int | None = None) -> None:
+        """Move to ``phase`` (InvalidState if it is not later) and emit its item
+        (``ts``: its epoch ms when the caller has them already)."""
         check_transition(self.phase, phase, self.endpoint_id)
+        self._emit_phase(phase, self.host.epoch_ms(now) if ts is None else ts)
+
+    def _emit_phase(self, phase: Phase, ts: int | None, contact: str | None = None) -> None:
         self.phase = phase
-        self.host.emit(self._item("phase", now, phase=phase.value, **extra))
+        item = {
+            "kind": "phase",
+            "run_id": self.run_id,
+            "endpoint_id": self.endpoint_id,
+            "ts": ts,
+            "phase": phase._value_,
+        }
+        if contact is not None:
+            item["contact"] = contact
+        self.host.emit(item)
 
     def _item(self, kind: str, t: float, **fields: Any) -> dict[str, Any]:
         """A PROTOCOL.md item of this endpoint: kind, run_id, endpoint_id, ts, ``fields``."""
-        item: dict[str, Any] = {"kind": kind, "run_id": self.run_id}
-        item.update(endpoint_id=self.endpoint_id, ts=self.host.epoch_ms(t))
+        item = {
+            "kind": kind,
+            "run_id": self.run_id,
+            "endpoint_id": self.endpoint_id,
+            "ts": self.host.epoch_ms(t),
+        }
         item.update(fields)
         return item
 
     def _advance(self, phase: Phase, now: float) -> None:
         """:meth:`_go` unless the endpoint is already at or past ``phase``."""
-        if self.phase is None or phase.order > self.phase.order:
-            self._go(phase, now)
+        current = self.phase
+        if current is None or phase in PHASE_TRANSITIONS[current]:
+            self._emit_phase(phase, self.host.epoch_ms(now))
 
     def fail(self, outcome: Outcome, reason: str, code: int | None = None) -> None:
         """Record a problem; the worst outcome wins (severity order)."""
@@ -343,7 +363,8 @@ class Endpoint:
 
     def _reachable(self, contact: str, now: float) -> None:
         self.contact = contact
-        self._go(Phase.REGISTERED, now, contact=contact)
+        check_transition(self.phase, Phase.REGISTERED, self.endpoint_id)
+        self._emit_phase(Phase.REGISTERED, self.host.epoch_ms(now), contact)
         if self.cancelled:
             self._teardown(now)
         elif self.service:
@@ -369,8 +390,7 @@ class Endpoint:
         try:
             callback(now)
         except Exception as exc:  # reported in the outcome; must not reach the transport
-            self.fail(Outcome.CALL_FAILED, f"internal error: {exc!r}")
-            self.force_close(self.host.loop.time())
+            self._internal_error(exc)
 
     async def _guard(self, step: Coroutine[Any, Any, None]) -> None:
         try:
@@ -382,7 +402,7 @@ class Endpoint:
             raise
 
     def _internal_error(self, exc: Exception) -> None:
-        """A bug in a set-up step: this endpoint ends CALL_FAILED, the others go on."""
+        """A bug in an endpoint step: this endpoint ends CALL_FAILED, the others go on."""
         self.fail(Outcome.CALL_FAILED, f"internal error: {exc!r}")
         self.force_close(self.host.loop.time())
 
@@ -552,20 +572,33 @@ class Endpoint:
         call = getattr(event, "call", None)
         if call is not None and call is not self.call and not isinstance(event, IncomingCall):
             return  # e.g. the 486 we sent to a second INVITE
-        _safe = partial(handler, self, event)
-        self._safely(lambda now: _safe(), self.host.loop.time())
+        try:
+            handler(self, event)
+        except Exception as exc:  # reported in the outcome; must not reach the transport
+            self._internal_error(exc)
 
     def on_trace(self, record: TraceRecord, runtime: SipRuntime) -> None:
-        """Runtime callback: one SIP message of this endpoint, as a ``trace`` item."""
-        remote = f"{record.remote[0]}:{record.remote[1]}"
-        item = self._item("trace", record.ts, dir=record.dir, transport=runtime.name)
-        item.update(
-            local=runtime.local, remote=remote, message=record.message.decode(errors="replace")
-        )
+        """Runtime callback: one SIP message of this endpoint. ``trace: all`` emits
+        its ``trace`` item now; ``failures`` holds the record, and :meth:`_closed`
+        builds the items only for an outcome that sends them."""
         if self.trace is TraceMode.ALL:
-            self.host.emit(item)
+            self.host.emit(self._trace_item(record, runtime.name, runtime.local))
         else:
-            self._traces.add(item)
+            self._traces.add((record, runtime.name, runtime.local))
+
+    def _trace_item(self, record: TraceRecord, transport: str, local: str) -> dict[str, Any]:
+        """The PROTOCOL.md ``trace`` item of one message (``ts``: when it went or came)."""
+        return {
+            "kind": "trace",
+            "run_id": self.run_id,
+            "endpoint_id": self.endpoint_id,
+            "ts": self.host.epoch_ms(record.ts),
+            "dir": record.dir,
+            "transport": transport,
+            "local": local,
+            "remote": f"{record.remote[0]}:{record.remote[1]}",
+            "message": record.message.decode(errors="replace"),
+        }
 
     def on_transport_error(self, error: TransportError) -> None:
         """Runtime callback (own socket only): the socket failed -> OSERROR, close."""
@@ -630,12 +663,22 @@ class Endpoint:
             self.host.release_runtime(self, self.runtime)
         outcome, code, reason = self.result.final()
         if outcome is not Outcome.SUCCESS:
-            for item in self._traces.items():
-                self.host.emit(item)
+            for held in self._traces.items():
+                self.host.emit(self._trace_item(*held))
         self._traces.clear()
-        self._go(Phase.CLOSED, now)
-        item = self._item("outcome", now, outcome=outcome.value, final_code=code, reason=reason)
-        self.host.emit(item)
+        ts = self.host.epoch_ms(now)  # the CLOSED phase and the outcome share it
+        self._go(Phase.CLOSED, now, ts)
+        self.host.emit(
+            {
+                "kind": "outcome",
+                "run_id": self.run_id,
+                "endpoint_id": self.endpoint_id,
+                "ts": ts,
+                "outcome": outcome._value_,
+                "final_code": code,
+                "reason": reason,
+            }
+        )
         self.host.endpoint_closed(self)
         self.media.detach()  # its callbacks close over self: no cycle left for the GC
 

@@ -389,11 +389,14 @@ class EndpointEngine:
         return PortPool(low, high, self.settings.bind_host).probe()
 
     def phase_counts(self) -> dict[str, int]:
-        counts: Counter[str] = Counter()
+        # counted by member (C-level), named once per phase: this runs per status frame
+        counts: Counter[Phase | None] = Counter()
         for run in self._runs.values():
-            for ep in run.endpoints.values():
-                counts[(ep.phase or Phase.INITIALIZING).value] += 1
-        return dict(counts)
+            counts.update(ep.phase for ep in run.endpoints.values())
+        named: Counter[str] = Counter()
+        for phase, n in counts.items():
+            named[(phase or Phase.INITIALIZING).value] += n
+        return dict(named)
 
     def counters(self) -> dict[str, float]:
         """Calls, outcomes, RTP packets, SIP counters of every stack, loop lag p99."""

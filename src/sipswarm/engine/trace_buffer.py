@@ -6,13 +6,17 @@ before the endpoint's ``outcome`` only when that outcome is not SUCCESS.
 The bound keeps a long-lived endpoint (a receiver taking calls for hours,
 re-registering every few minutes) at a fixed memory cost: the beginning
 says how it started, the tail how it failed. Next: :meth:`FailureTrace.add`
-per item, :meth:`FailureTrace.items` once at close.
+per message, :meth:`FailureTrace.items` once at close.
+
+What is held is up to the owner: the endpoint holds each message's raw record
+and builds the ``trace`` items only for an outcome that sends them, so the
+calls that succeed (most of them) never pay for items nobody reads.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
+from typing import Generic, TypeVar
 
 __all__ = ["HEAD", "TAIL", "FailureTrace"]
 
@@ -21,20 +25,22 @@ HEAD = 50
 #: Trace items kept from the end (older ones beyond the head are dropped).
 TAIL = 150
 
+T = TypeVar("T")
 
-class FailureTrace:
-    """The first ``head`` and last ``tail`` items added; ``dropped`` counts the middle."""
+
+class FailureTrace(Generic[T]):
+    """The first ``head`` and last ``tail`` entries added; ``dropped`` counts the middle."""
 
     __slots__ = ("_head", "_head_size", "_tail", "dropped")
 
     def __init__(self, head: int = HEAD, tail: int = TAIL) -> None:
         self._head_size = head
-        self._head: list[dict[str, Any]] = []
-        self._tail: deque[dict[str, Any]] = deque(maxlen=tail)
+        self._head: list[T] = []
+        self._tail: deque[T] = deque(maxlen=tail)
         self.dropped = 0
 
-    def add(self, item: dict[str, Any]) -> None:
-        """Hold one trace item."""
+    def add(self, item: T) -> None:
+        """Hold one entry."""
         if len(self._head) < self._head_size:
             self._head.append(item)
             return
@@ -42,7 +48,7 @@ class FailureTrace:
             self.dropped += 1
         self._tail.append(item)
 
-    def items(self) -> list[dict[str, Any]]:
+    def items(self) -> list[T]:
         """Everything held, in the order added (head, then tail)."""
         return [*self._head, *self._tail]
 
