@@ -17,7 +17,10 @@ code of each stage, and each stage's process CPU time is divided by the calls:
   ``ShardedBackend._on_items`` (metrics merged across shards) into the sink;
 * ``data stream``: what the production sink does with every item
   (``Supervisor.emit``: ``DataStream.append``, JSON), frames sealed every
-  ``batch_linger_s`` of item time (``frames_to_send``) and acked.
+  ``batch_linger_s`` of item time (``frames_to_send``) and acked;
+* ``websocket deflate``: the sealed frames compressed as the link's
+  ``compression="deflate"`` does (websockets' permessage-deflate client
+  defaults: 12-bit window, memLevel 5, context takeover), zlib alone, no framing.
 
 Figures are process CPU (``time.process_time``), best of ``--repeat``; the
 machine is shared, so say what ``uptime`` said next to any figure you quote.
@@ -29,6 +32,7 @@ import argparse
 import asyncio
 import pickle
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -241,24 +245,35 @@ def run(rate: int, shards: int, seconds: int, repeat: int) -> list[tuple[str, fl
     rows.append(("supervisor read + merge (read_frame, _on_items)", t / calls_per_shard))
     merged = list(sink)
 
-    def data_stream() -> int:
+    def data_stream() -> list[str]:
         stream = DataStream("bench")
         stream.connection_made(None)
-        sealed = 0
+        sealed: list[str] = []
         per_linger = max(1, int(len(merged) / (seconds / LINGER_S)))
         for i, item in enumerate(merged, 1):
             stream.append(item)
             if i % per_linger == 0:
-                for seq, _text in stream.frames_to_send():
+                for seq, text in stream.frames_to_send():
                     stream.receive_ack(seq)
-                    sealed += 1
-        for seq, _text in stream.frames_to_send():
+                    sealed.append(text)
+        for seq, text in stream.frames_to_send():
             stream.receive_ack(seq)
-            sealed += 1
+            sealed.append(text)
         return sealed
 
-    t, _ = cpu(data_stream, repeat)
+    t, texts = cpu(data_stream, repeat)
     rows.append(("data stream (append JSON, seal, ack)", t / calls_per_shard))
+
+    def deflate() -> int:
+        compressor = zlib.compressobj(wbits=-12, memLevel=5)
+        size = 0
+        for text in texts:
+            data = compressor.compress(text.encode()) + compressor.flush(zlib.Z_SYNC_FLUSH)
+            size += len(data)
+        return size
+
+    t, _ = cpu(deflate, repeat)
+    rows.append(("websocket deflate of the frames (link, zlib only)", t / calls_per_shard))
     print(
         f"rate {rate} calls/s, {shards} shards, {seconds} s: {calls_per_shard} calls and "
         f"{items_per_shard} items per shard, {len(chunks)} item frames, {len(pipe)} bytes piped"
