@@ -19,7 +19,7 @@ import pytest
 from sipswarm.agent.assignment import validate_assignment
 from sipswarm.engine.call_media import DISCARD_PORT, CallMedia
 from sipswarm.errors import NegotiationError
-from sipswarm.media.codecs import codec_by_name
+from sipswarm.media.codecs import Codec, codec_by_name
 from sipswarm.media.sdp import answered_media, apply_answer, build_answer, build_offer, parse_sdp
 from tests.peers.kamailio import Kamailio
 from tests.peers.sipp import SippUas, run_sipp_register
@@ -51,6 +51,32 @@ def test_signalling_only_offer_is_inactive_on_the_discard_port_with_the_codecs()
         b"a=fmtp:101 0-16\r\na=ptime:20\r\na=rtcp:9\r\na=inactive\r\n"
     )
     assert media.metrics() is None
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "::1"])
+@pytest.mark.parametrize("codecs", [[PCMU], [PCMA, PCMU]], ids=["PCMU", "PCMA+PCMU"])
+def test_a_remembered_offer_is_the_built_offer_with_each_calls_session_id(
+    address: str, codecs: list[Codec]
+) -> None:
+    for session_id in (1, 1_700_000_000_123, 42):  # the first builds, the others reuse
+        media = _media(rtp=False)
+        local = media.local(address, DISCARD_PORT, codecs, 30)
+        sdp, body = media.offer(local, session_id)
+        assert body == build_offer(local, session_id=session_id).serialise()
+        assert f" {session_id} 0 IN IP".encode() in body
+        assert [m.port for m in sdp.media] == [DISCARD_PORT]
+
+
+@pytest.mark.parametrize(("rtp", "srtp"), [(True, "off"), (False, "sdes")])
+def test_offers_with_a_port_or_keys_per_call_are_built_per_call(rtp: bool, srtp: str) -> None:
+    bodies = set()
+    for port in (40000, 40002):
+        media = CallMedia(lambda *a: None, lambda *a: None, lambda *a: None, srtp=srtp, rtp=rtp)
+        local = media.local("127.0.0.1", port, [PCMU], 20)
+        sdp, body = media.offer(local, 5)
+        assert body == sdp.serialise() and body == build_offer(local, session_id=5).serialise()
+        bodies.add(body)
+    assert len(bodies) == 2  # the RTP port, or the SDES keys, differ per leg
 
 
 def test_a_real_leg_opens_nothing_without_await_and_offers_sendrecv() -> None:

@@ -19,7 +19,9 @@ nothing and gives :data:`DISCARD_PORT`, :meth:`~CallMedia.local` describes an
 still lists the codecs, so negotiation and 488 happen as usual),
 :meth:`~CallMedia.start` keeps the negotiated media without starting
 anything, and :meth:`~CallMedia.metrics` stays None (no send/recv blocks,
-rather than zeros that would read as loss).
+rather than zeros that would read as loss). Such a leg's offer is the same SDP
+every call but for the ``o=`` session id: :meth:`~CallMedia.offer` builds it
+once per local-media shape and fills the id into the remembered bytes.
 
 A receiver's successive calls each open a new session; :meth:`~CallMedia.metrics`
 adds the counters of the closed ones, so that the endpoint's ``metrics``
@@ -39,7 +41,7 @@ from sipswarm.engine.switchable import SwitchableCodec, SwitchableSource
 from sipswarm.errors import ConfigError, InvalidState, NegotiationError
 from sipswarm.media.codecs import Codec
 from sipswarm.media.sdes import ANSWER_SUITES, OFFER_SUITES, negotiated_keys, offer_crypto
-from sipswarm.media.sdp import LocalMedia, NegotiatedMedia
+from sipswarm.media.sdp import LocalMedia, NegotiatedMedia, SessionDescription, build_offer
 
 #: ``media.srtp`` values this engine runs (``dtls`` needs a DTLS handshake and ICE).
 SRTP_MODES = ("off", "sdes")
@@ -48,7 +50,12 @@ SRTP_MODES = ("off", "sdes")
 #: same way for a stream with no usable address yet); RTCP is pointed there too (a=rtcp:9).
 DISCARD_PORT = 9
 
-__all__ = ["COUNTER_KEYS", "DISCARD_PORT", "CallMedia"]
+__all__ = ["COUNTER_KEYS", "DISCARD_PORT", "OFFER_CACHE_SIZE", "CallMedia"]
+
+#: Signalling-only offers remembered (per local media shape; cleared when full).
+OFFER_CACHE_SIZE = 64
+# local media shape -> (the offer as first built, its body up to the o= session id, after it)
+_OFFERS: dict[tuple[Any, ...], tuple[SessionDescription, bytes, bytes]] = {}
 
 #: The cumulative counters of a session snapshot (summed over an endpoint's calls);
 #: every other key is a gauge of the current session.
@@ -158,6 +165,35 @@ class CallMedia:
             crypto=self._crypto_lines(offer),
             proto="RTP/SAVP",
         )
+
+    def offer(self, local: LocalMedia, session_id: int) -> tuple[SessionDescription, bytes]:
+        """Our initial offer (RFC 3264 §5) of ``local`` and its body for the INVITE.
+
+        A signalling-only leg without SDES keys offers the same SDP on every call
+        but for the ``o=`` session id: the offer is built and serialised once per
+        shape of ``local``, and each call gets those bytes with its own id. The
+        description returned is then the first call's (its ``o=`` id differs):
+        it serves the answer's negotiation, which reads the m= lines only; the
+        body sent (``call.local_sdp``) is the call's own, and re-offers start from it.
+        """
+        if self.rtp or local.crypto:  # a real port per call, or keys per call
+            sdp = build_offer(local, session_id=session_id)
+            return sdp, sdp.serialise()
+        key = (local.address, local.port, tuple(local.codecs), local.ptime_ms,
+               local.direction, local.telephone_event, local.rtcp_port, local.rtcp_mux,
+               local.proto, local.username)  # fmt: skip
+        known = _OFFERS.get(key)
+        if known is None:
+            sdp = build_offer(local, session_id=session_id)
+            body = sdp.serialise()
+            # RFC 4566 5.2: o=<username> <sess-id> <sess-version> ...; no spaces in a name
+            name_end = body.index(b" ", body.index(b"\r\no=") + 4)
+            id_end = body.index(b" ", name_end + 1)
+            if len(_OFFERS) >= OFFER_CACHE_SIZE:
+                _OFFERS.clear()
+            known = _OFFERS[key] = (sdp, body[: name_end + 1], body[id_end:])
+        sdp, head, tail = known
+        return sdp, b"%s%d%s" % (head, session_id, tail)
 
     def _crypto_lines(self, offer: bool) -> tuple[str, ...]:
         """This leg's SDES ``a=crypto`` values for an offer or an answer, drawn once."""

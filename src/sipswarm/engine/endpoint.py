@@ -80,7 +80,6 @@ from sipswarm.media.sdp import (
     SdpError,
     SessionDescription,
     apply_answer_body,
-    build_offer,
 )
 from sipswarm.protocol import Outcome, Phase, Role, TraceMode
 from sipswarm.sip.call import Call
@@ -446,16 +445,15 @@ class Endpoint:
 
     def _invite(self, port: int, now: float) -> None:
         """Offer our media on ``port`` in the INVITE: CALLING."""
-        self.offer = build_offer(
-            self._local_media(port), session_id=int(self.host.epoch_ms(now) or 0)
-        )
+        session_id = int(self.host.epoch_ms(now) or 0)
+        self.offer, body = self.media.offer(self._local_media(port), session_id)
         target = self.call_spec.target or ""
         try:
             self.call = self._stack().invite(
                 self.key,
                 self.account,
                 target,
-                self.offer.serialise(),
+                body,
                 now,
                 route=self._proxy_uri(),
                 ring_timeout=self.call_spec.ring_timeout_s,
