@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -123,7 +125,7 @@ def test_merged_generator_block_is_the_worst_shard() -> None:
 
 
 async def _collect(backend: ShardedBackend, out: list[dict[str, Any]]) -> None:
-    await backend.start()
+    await backend.start(tune_gc=False)
     try:
         await backend.start_assignment(spec(6))
         await asyncio.wait_for(backend.wait_idle(), 10)
@@ -158,7 +160,7 @@ def test_dead_shard_closes_its_endpoints_with_oserror(
     backend = ShardedBackend(config(tmp_path), out.append, "tests.agent.shard_factories:endless", 2)
 
     async def scenario() -> None:
-        await backend.start()
+        await backend.start(tune_gc=False)
         try:
             await backend.start_assignment(spec(6))
             victim = backend._shards[0].proc
@@ -200,7 +202,7 @@ def test_capacity_reserved_until_the_shard_confirms(
     backend = ShardedBackend(config(tmp_path), out.append, "tests.agent.shard_factories:endless", 2)
 
     async def scenario() -> None:
-        await backend.start()
+        await backend.start(tune_gc=False)
         try:
             assert backend.free_endpoints() == 10
             first = asyncio.ensure_future(backend.start_assignment(spec(6, "a-1", "r-1")))
@@ -236,3 +238,41 @@ def test_problem_only_when_every_live_shard_has_one(tmp_path: Path) -> None:
     )
     backend._shards[1].status["problem"] = None
     assert backend.problem() is None
+
+
+SUPERVISOR_GC_PROBE = """
+import asyncio, gc, sys
+from pathlib import Path
+from sipswarm.agent.config import AgentConfig
+from sipswarm.agent.shards import ShardedBackend
+
+async def main(tune):
+    config = AgentConfig(controller_url="ws://127.0.0.1:1/v1/worker", token="t", name="gc",
+                         worker_id="w-gc", state_dir=Path(sys.argv[1]), max_endpoints=2,
+                         rtp_port_range=(30000, 30999), shards=1)
+    backend = ShardedBackend(config, lambda item: None, "tests.agent.shard_factories:short", 1)
+    await backend.start(tune_gc=tune)
+    print(gc.get_threshold()[0], gc.get_freeze_count() > 0)
+    await backend.close()
+
+print(gc.get_threshold()[0], gc.get_freeze_count() > 0)
+for tune in (False, True):
+    asyncio.run(main(tune))
+"""
+
+
+def test_supervisor_collects_like_a_shard_once_its_shards_run(tmp_path: Path) -> None:
+    """The process that starts shards is the supervisor: it freezes its start-up heap
+    and raises the young-generation threshold as each shard does (default 700)."""
+    done = subprocess.run(
+        [sys.executable, "-c", SUPERVISOR_GC_PROBE, str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    default, untuned, tuned = done.stdout.split("\n")[:3]
+    assert untuned == default and default.endswith(" False")
+    assert tuned == "50000 True"

@@ -136,7 +136,8 @@ async def read_frame(reader: asyncio.StreamReader) -> Frame | None:
 
 
 def tune_gc() -> None:
-    """Collect less often in an engine process.
+    """Collect less often in an engine process (and in their supervisor, see
+    :meth:`~sipswarm.agent.shards.ShardedBackend.start`).
 
     A load generator allocates many small, short-lived objects per SIP message
     and keeps a large, stable heap (endpoints, stacks, sessions): with the
