@@ -4,7 +4,8 @@ The supervisor hands each engine shard its assignment as a pickle frame
 (agent/shard_process.py); whatever makes that cheap (a by-value reducer, a
 ``__reduce__``) must carry every field. Each class is found by scanning the module,
 and each field gets its own distinct value, so a class or a field added later and
-left out of the pickled form fails here.
+left out of the pickled form fails here. Equal settings of several endpoints are
+one object, before and after the frame (agent/assignment.py module doc).
 """
 
 from __future__ import annotations
@@ -87,3 +88,39 @@ def test_a_validated_assignment_round_trips_through_a_frame() -> None:
     copy = _through_frame(spec)
     assert copy == spec and copy.endpoints[0].media.codecs == ("PCMA", "PCMU")
     assert copy.endpoints[0].role is spec.endpoints[0].role  # enums stay the members
+
+
+def _endpoint(i: int, target: str = "sip:2000@pbx.test", ptime: int = 20) -> dict[str, Any]:
+    return {
+        "endpoint_id": f"r-1/callers/{i}",
+        "group": "callers",
+        "role": "caller",
+        "start_offset_ms": 10 * i,
+        "account": {"username": f"{1000 + i}", "password": "pw"},
+        "registrar": {"domain": "pbx.test", "host": "127.0.0.1", "port": 5070},
+        "call": {"target": target, "duration_s": 2.5},
+        "media": {"codecs": ["PCMU"], "ptime_ms": ptime, "source": {"kind": "tone"}},
+        "actions": [{"at_s": 1.0, "do": "hangup"}],
+    }
+
+
+def test_equal_settings_are_one_object_and_stay_one_through_a_frame() -> None:
+    raw = {
+        "assignment_id": "a-2",
+        "run_id": "r-1",
+        "endpoints": [_endpoint(0), _endpoint(1), _endpoint(2, "sip:3000@pbx.test", 40)],
+    }
+    spec, problems = validate_assignment(raw, ())
+    assert spec is not None, problems
+    for copy in (spec, _through_frame(spec)):
+        a, b, c = copy.endpoints
+        assert a.registrar is b.registrar is c.registrar
+        assert a.call is b.call and a.media is b.media and a.actions is b.actions
+        assert a.media.source is c.media.source and a.actions is c.actions
+        assert a.account is not b.account and a.account.username == "1000"
+        assert c.call is not None and c.call.target == "sip:3000@pbx.test"
+        assert a.call is not None and a.call.target == "sip:2000@pbx.test"
+        assert (a.media.ptime_ms, c.media.ptime_ms) == (20, 40)
+        assert a.media.source.frequency_hz == 1000.0 and a.actions[0].at_s == 1.0
+    one, _ = validate_assignment({**raw, "endpoints": [_endpoint(2, "sip:3000@pbx.test", 40)]}, ())
+    assert one is not None and one.endpoints[0] == spec.endpoints[2]  # equal to one built alone

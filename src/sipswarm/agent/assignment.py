@@ -15,6 +15,13 @@ Each problem names its path, what was wrong and the endpoint it belongs to::
     endpoints[3].registrar.port must be 1-65535, got 70000 (endpoint r-7/callers/3)
 
 The engine consumes :class:`AssignmentSpec`; it never sees pydantic.
+
+Equal parts are one object: the endpoints of a group usually share their
+registrar, call, media and actions settings, and the specs are frozen, so
+each distinct value is built once per assignment and shared. The pickled
+frame that carries the assignment to an engine shard then holds each once
+too (pickle writes an object seen before as a reference), which is what
+makes a caller run's per-endpoint frame cost small on both sides.
 """
 
 from __future__ import annotations
@@ -173,6 +180,7 @@ def validate_assignment(
         endpoints_raw = []
     specs: list[EndpointSpec] = []
     seen: dict[str, int] = {}
+    shared: dict[tuple[Any, ...], Any] = {}  # equal sub-specs: one object (module doc)
     for index, ep_raw in enumerate(endpoints_raw):
         eid = ep_raw.get("endpoint_id") if isinstance(ep_raw, dict) else None
         first = seen.setdefault(eid, index) if isinstance(eid, str) else index
@@ -181,7 +189,7 @@ def validate_assignment(
                 f"endpoints[{index}].endpoint_id {eid!r} repeats endpoints[{first}]"
                 "; endpoint ids must be unique"
             )
-        spec = _validate_endpoint(index, ep_raw, held_media, problems)
+        spec = _validate_endpoint(index, ep_raw, held_media, problems, shared)
         if spec is not None:
             specs.append(spec)
     if problems or header is None:
@@ -226,7 +234,11 @@ def _validate_header(
 
 
 def _validate_endpoint(
-    index: int, raw: Any, held_media: Collection[str], problems: list[str]
+    index: int,
+    raw: Any,
+    held_media: Collection[str],
+    problems: list[str],
+    shared: dict[tuple[Any, ...], Any],
 ) -> EndpointSpec | None:
     path = f"endpoints[{index}]"
     if not isinstance(raw, dict):
@@ -243,7 +255,7 @@ def _validate_endpoint(
     for check in _ENDPOINT_CHECKS:
         found.extend(check(ep, held_media))
     problems.extend(f"{path}.{p}{where}" for p in found)
-    return None if found else _to_spec(ep)
+    return None if found else _to_spec(ep, shared)
 
 
 # Cross-field checks: each returns problems as "field.path what and fix" (no prefix).
@@ -382,37 +394,42 @@ def _upper(digits: str | None) -> str | None:
     return None if digits is None else digits.upper()
 
 
-def _to_spec(ep: AssignEndpoint) -> EndpointSpec:
-    a, r, m = ep.account, ep.registrar, ep.media
-    call = ep.call
-    return EndpointSpec(
-        endpoint_id=ep.endpoint_id,
-        group=ep.group,
-        role=ep.role,
-        start_offset_ms=ep.start_offset_ms,
-        account=AccountSpec(a.username, a.password, a.auth_username, a.realm, a.display_name),
-        registrar=RegistrarSpec(
-            r.domain, r.host, r.port, r.transport, r.outbound_proxy, r.register_, r.expires_s
-        ),
-        call=None
-        if call is None
-        else CallSpec(
-            call.target,
-            call.duration_s,
-            call.ring_timeout_s,
-            call.answer_delay_ms,
-            call.idle_timeout_s,
-            call.expected_calls,
-        ),
-        media=MediaSpec(
-            codecs=tuple(_CODECS_BY_LOWER[c.lower()] for c in m.codecs),
-            ptime_ms=m.ptime_ms,
-            source=SourceSpec(m.source.kind, _frequency(m.source), m.source.sha256),
-            srtp=m.srtp,
-            dscp=m.dscp,
-            rtp=m.rtp,
-        ),
-        actions=tuple(
-            ActionSpec(x.do, x.at_s, x.on, x.digits, _upper(x.match_digits)) for x in ep.actions
-        ),
+def _to_spec(ep: AssignEndpoint, shared: dict[tuple[Any, ...], Any]) -> EndpointSpec:
+    """The frozen spec of a validated endpoint; sub-specs equal to one seen before in
+    ``shared`` are that object (module doc)."""
+    a, r, m, call = ep.account, ep.registrar, ep.media, ep.call
+    registrar = (RegistrarSpec, r.domain, r.host, r.port, r.transport, r.outbound_proxy,
+                 r.register_, r.expires_s)  # fmt: skip
+    call_spec = None
+    if call is not None:
+        call_spec = _shared(shared, (CallSpec, call.target, call.duration_s, call.ring_timeout_s,
+                                     call.answer_delay_ms, call.idle_timeout_s,
+                                     call.expected_calls))  # fmt: skip
+    source = (SourceSpec, m.source.kind, _frequency(m.source), m.source.sha256)
+    codecs = tuple(_CODECS_BY_LOWER[c.lower()] for c in m.codecs)
+    media = (MediaSpec, codecs, m.ptime_ms, _shared(shared, source), m.srtp, m.dscp, m.rtp)
+    actions = tuple(
+        _shared(shared, (ActionSpec, x.do, x.at_s, x.on, x.digits, _upper(x.match_digits)))
+        for x in ep.actions
     )
+    return EndpointSpec(
+        ep.endpoint_id,
+        ep.group,
+        ep.role,
+        ep.start_offset_ms,
+        AccountSpec(a.username, a.password, a.auth_username, a.realm, a.display_name),
+        _shared(shared, registrar),
+        call_spec,
+        _shared(shared, media),
+        _shared(shared, ("actions", *actions)) if actions else (),
+    )
+
+
+def _shared(shared: dict[tuple[Any, ...], Any], values: tuple[Any, ...]) -> Any:
+    """The object for ``values``: ``(cls, *fields)`` builds ``cls(*fields)`` (a tuple of
+    actions for ``("actions", *actions)``) the first time, and returns that one after."""
+    found = shared.get(values)
+    if found is None:
+        kind, *fields = values
+        found = shared[values] = tuple(fields) if kind == "actions" else kind(*fields)
+    return found
