@@ -47,6 +47,11 @@ class StackConfig:
     timers: TimerConfig = field(default_factory=TimerConfig)
     user_agent: str = USER_AGENT
     max_forwards: int = 70
+    # Derived once in __post_init__ (read for every message: a property would build
+    # the same strings again each time). Not constructor arguments.
+    reliable: bool = field(init=False, repr=False, compare=False)
+    sent_by: str = field(init=False, repr=False, compare=False)
+    request_lines: tuple[str, str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.transport not in TRANSPORTS:
@@ -61,21 +66,26 @@ class StackConfig:
             raise ConfigError("local_host must be an address, got an empty string")
         if not 0 <= self.max_forwards <= 255:
             raise ConfigError(f"max_forwards must be 0-255, got {self.max_forwards}")
-
-    @property
-    def reliable(self) -> bool:
-        """True for stream transports: no retransmissions, zero wait timers (RFC 3261 17)."""
-        return self.transport != "udp"
+        sent_by = f"{self.public_host or self.local_host}:{self.public_port or self.local_port}"
+        # True for stream transports: no retransmissions, zero wait timers (RFC 3261 17).
+        object.__setattr__(self, "reliable", self.transport != "udp")
+        # host:port placed in Via and Contact.
+        object.__setattr__(self, "sent_by", sent_by)
+        # What every request we send starts its Via with (the branch follows), and the
+        # Max-Forwards line after it: see RequestSpec.render.
+        object.__setattr__(
+            self,
+            "request_lines",
+            (
+                f"SIP/2.0/{self.via_transport} {sent_by};rport;branch=",
+                f"\r\nMax-Forwards: {self.max_forwards}\r\n",
+            ),
+        )
 
     @property
     def via_transport(self) -> str:
         """Transport token for Via (RFC 3261 20.42)."""
         return TRANSPORTS[self.transport]
-
-    @property
-    def sent_by(self) -> str:
-        """host:port placed in Via and Contact."""
-        return f"{self.public_host or self.local_host}:{self.public_port or self.local_port}"
 
 
 @dataclass(slots=True)

@@ -10,7 +10,7 @@ message, which matters at thousands of requests per second.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 from sipswarm.errors import ConfigError
@@ -45,25 +45,18 @@ class RequestSpec:
 
     def render(self, config: StackConfig, branch: str, auth: str = "") -> bytes:
         """Bytes of this request with Via ``branch`` and ``auth`` (a header line or '')."""
-        lines = [
-            f"{self.method} {self.ruri} SIP/2.0\r\n"
-            f"Via: SIP/2.0/{config.via_transport} {config.sent_by};rport;branch={branch}\r\n"
-            f"Max-Forwards: {config.max_forwards}\r\n"
-        ]
-        lines.extend(f"Route: {r}\r\n" for r in self.routes)
-        lines.append(
+        via, max_forwards = config.request_lines  # per-stack constants, built once
+        routes = "".join([f"Route: {r}\r\n" for r in self.routes]) if self.routes else ""
+        contact = f"Contact: {self.contact}\r\n" if self.contact else ""
+        body = self.body
+        ctype = f"Content-Type: {self.content_type}\r\n" if body else ""
+        text = (
+            f"{self.method} {self.ruri} SIP/2.0\r\nVia: {via}{branch}{max_forwards}{routes}"
             f"From: {self.from_hdr}\r\nTo: {self.to_hdr}\r\nCall-ID: {self.call_id}\r\n"
-            f"CSeq: {self.cseq} {self.method}\r\n"
+            f"CSeq: {self.cseq} {self.method}\r\n{contact}{auth}{self.extra}"
+            f"User-Agent: {config.user_agent}\r\n{ctype}Content-Length: {len(body)}\r\n\r\n"
         )
-        if self.contact:
-            lines.append(f"Contact: {self.contact}\r\n")
-        lines.append(auth)
-        lines.append(self.extra)
-        lines.append(f"User-Agent: {config.user_agent}\r\n")
-        if self.body:
-            lines.append(f"Content-Type: {self.content_type}\r\n")
-        lines.append(f"Content-Length: {len(self.body)}\r\n\r\n")
-        return "".join(lines).encode() + self.body
+        return text.encode() + body if body else text.encode()
 
     def render_ack(self, config: StackConfig, branch: str, to_hdr: str) -> bytes:
         """ACK for a non-2xx final response (RFC 3261 17.1.1.3): same Request-URI,
@@ -82,7 +75,21 @@ class RequestSpec:
 
     def next(self) -> RequestSpec:
         """The same request with the next CSeq (RFC 3261 22.2 / 10.2.4)."""
-        return replace(self, cseq=self.cseq + 1)
+        # Positional, not dataclasses.replace (a fields() walk): one per digest retry.
+        return RequestSpec(
+            self.method,
+            self.ruri,
+            self.from_hdr,
+            self.to_hdr,
+            self.call_id,
+            self.cseq + 1,
+            self.destination,
+            self.contact,
+            self.routes,
+            self.extra,
+            self.body,
+            self.content_type,
+        )
 
 
 @lru_cache(maxsize=4096)

@@ -1,0 +1,142 @@
+"""The per-message shortcuts of the SIP core give the same results as the long way:
+derived config strings, request rendering, memoised parses (bounded), digest parsing."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from sipswarm.sip import fastparse, message
+from sipswarm.sip.config import StackConfig
+from sipswarm.sip.digest import parse_challenge
+from sipswarm.sip.fastparse import parse_host_port, parse_top_via
+from sipswarm.sip.message import SipMessage, parse_message
+from sipswarm.sip.request import RequestSpec
+
+SPEC = RequestSpec(
+    "INVITE",
+    "sip:bob@127.0.0.1:5062",
+    "<sip:alice@127.0.0.1>;tag=t1",
+    "<sip:bob@127.0.0.1>",
+    "c1",
+    1,
+    ("127.0.0.1", 5062),
+    contact="<sip:alice@127.0.0.1:5061>",
+    routes=["<sip:127.0.0.1:5060;lr>"],
+    extra="Allow: INVITE, ACK\r\n",
+    body=b"v=0\r\n",
+)
+
+
+def test_render_bytes() -> None:
+    config = StackConfig("127.0.0.1", 5061, user_agent="ua")
+    assert SPEC.render(config, "z9hG4bKb1", "Proxy-Authorization: Digest x\r\n") == (
+        b"INVITE sip:bob@127.0.0.1:5062 SIP/2.0\r\n"
+        b"Via: SIP/2.0/UDP 127.0.0.1:5061;rport;branch=z9hG4bKb1\r\n"
+        b"Max-Forwards: 70\r\n"
+        b"Route: <sip:127.0.0.1:5060;lr>\r\n"
+        b"From: <sip:alice@127.0.0.1>;tag=t1\r\nTo: <sip:bob@127.0.0.1>\r\nCall-ID: c1\r\n"
+        b"CSeq: 1 INVITE\r\nContact: <sip:alice@127.0.0.1:5061>\r\n"
+        b"Proxy-Authorization: Digest x\r\nAllow: INVITE, ACK\r\nUser-Agent: ua\r\n"
+        b"Content-Type: application/sdp\r\nContent-Length: 5\r\n\r\nv=0\r\n"
+    )
+    ack = SPEC.render_ack(config, "z9hG4bKb1", "<sip:bob@127.0.0.1>;tag=x")
+    assert ack.startswith(b"ACK sip:bob@127.0.0.1:5062 SIP/2.0\r\n")
+    assert b"Route: <sip:127.0.0.1:5060;lr>\r\n" in ack and b"CSeq: 1 ACK\r\n" in ack
+    assert ack.endswith(b"User-Agent: ua\r\nContent-Length: 0\r\n\r\n")
+
+
+def test_config_strings_follow_the_fields() -> None:
+    config = StackConfig("127.0.0.1", 5061)
+    assert config.sent_by == "127.0.0.1:5061" and not config.reliable
+    moved = dataclasses.replace(
+        config, public_host="192.0.2.1", public_port=7000, transport="tcp", max_forwards=9
+    )
+    assert moved.sent_by == "192.0.2.1:7000" and moved.reliable
+    data = SPEC.render(moved, "z9hG4bKb2")
+    assert b"Via: SIP/2.0/TCP 192.0.2.1:7000;rport;branch=z9hG4bKb2\r\nMax-Forwards: 9\r\n" in data
+    assert moved != config and dataclasses.replace(moved) == moved
+
+
+def test_next_is_the_same_request_one_cseq_later() -> None:
+    nxt = SPEC.next()
+    assert nxt.cseq == 2
+    assert dataclasses.replace(nxt, cseq=1) == SPEC
+
+
+RESPONSE = (
+    "SIP/2.0 180 Ringing\r\n"
+    "Via: SIP/2.0/UDP 127.0.0.1:5061;rport=5061;branch=z9hG4bKb1;received=127.0.0.1\r\n"
+    "Record-Route: <sip:127.0.0.1;lr>\r\n"
+    "From: <sip:alice@127.0.0.1>;tag=t1\r\nTo: <sip:bob@127.0.0.1>;tag=r1\r\n"
+    "Call-ID: c1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+)
+
+
+def _parse(text: str) -> SipMessage:
+    msg = parse_message(text.encode())
+    assert isinstance(msg, SipMessage)
+    return msg
+
+
+def test_repeated_header_lines_parse_alike_and_apart() -> None:
+    first, second = _parse(RESPONSE), _parse(RESPONSE)
+    assert first.headers == second.headers
+    assert first.headers["record-route"] == ["<sip:127.0.0.1;lr>"]
+    first.headers["record-route"].append("x")  # each message owns its lists
+    assert second.headers["record-route"] == ["<sip:127.0.0.1;lr>"]
+    assert first.top_via.params["received"] == "127.0.0.1" and second.branch == "z9hG4bKb1"
+
+
+def test_a_bad_line_stays_bad_after_good_ones() -> None:
+    _parse(RESPONSE)
+    bad = RESPONSE.replace("Content-Length: 0", "Content Length: 0")
+    assert not isinstance(parse_message(bad.encode()), SipMessage)
+    assert not isinstance(parse_message(bad.encode()), SipMessage)
+    no_colon = RESPONSE.replace("Content-Length: 0", "Content-Length")
+    assert not isinstance(parse_message(no_colon.encode()), SipMessage)
+
+
+def test_memos_stay_bounded_under_a_flood() -> None:
+    for i in range(message.MAX_CACHED_LINES + 50):
+        _parse(RESPONSE.replace("Call-ID: c1", f"Call-ID: c{i}"))
+        parse_host_port(f"sip:u{i}@127.0.0.1:5060")
+    for i in range(fastparse.MEMO_SIZE + 50):
+        parse_top_via([f"SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK{i}"])
+    assert len(message._LINES) <= message.MAX_CACHED_LINES
+    assert len(fastparse._VIAS) <= fastparse.MEMO_SIZE
+    assert len(fastparse._HOST_PORTS) <= fastparse.MEMO_SIZE
+
+
+def test_memoised_via_and_host_port_are_the_parsed_values() -> None:
+    value = ["SIP/2.0/UDP 127.0.0.1:5061;rport=5061;branch=z9hG4bKv1"]
+    once, again = parse_top_via(value), parse_top_via(list(value))
+    assert (again.host, again.port, again.branch) == ("127.0.0.1", 5061, "z9hG4bKv1")
+    assert once.params == again.params == {"rport": "5061", "branch": "z9hG4bKv1"}
+    with pytest.raises(ValueError):
+        parse_top_via(["SIP/2.0/UDP"])
+    with pytest.raises(ValueError):
+        parse_top_via(["SIP/2.0/UDP"])  # a failure is not remembered as a value
+    assert parse_host_port("sip:bob@127.0.0.1:5062;maddr=10.0.0.1") == (
+        "sip",
+        "127.0.0.1",
+        5062,
+        {"maddr": "10.0.0.1"},
+    )
+
+
+@pytest.mark.parametrize(
+    ("qop", "options"),
+    [('"auth"', ("auth",)), ("auth", ("auth",)), ('" auth-int , auth "', ("auth-int", "auth"))],
+)
+def test_challenge_qop_forms(qop: str, options: tuple[str, ...]) -> None:
+    ch = parse_challenge(f'Digest realm="r", nonce="n", qop={qop}')
+    assert ch is not None and ch.qop == options
+
+
+def test_challenge_quoted_pairs() -> None:
+    ch = parse_challenge('Digest realm="a\\"b\\\\c", nonce="n\\,1", opaque=""')
+    assert ch is not None
+    assert (ch.realm, ch.nonce, ch.opaque, ch.qop) == ('a"b\\c', "n,1", "", ())
+    assert parse_challenge('Digest realm="r" nonce="n"') is None  # no comma between
