@@ -6,13 +6,17 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from sipwire import header, make_stack, reply
 
 from sipswarm.sip import fastparse, message
-from sipswarm.sip.config import StackConfig
+from sipswarm.sip.call import Call
+from sipswarm.sip.config import Account, StackConfig
 from sipswarm.sip.digest import parse_challenge
+from sipswarm.sip.events import CallAnswered, CallEnded, CallFailed, CallTeardownFailed
 from sipswarm.sip.fastparse import parse_host_port, parse_top_via
 from sipswarm.sip.message import SipMessage, parse_message
 from sipswarm.sip.request import RequestSpec
+from sipswarm.sip.stack import SipStack
 
 SPEC = RequestSpec(
     "INVITE",
@@ -140,3 +144,75 @@ def test_challenge_quoted_pairs() -> None:
     assert ch is not None
     assert (ch.realm, ch.nonce, ch.opaque, ch.qop) == ('a"b\\c', "n,1", "", ())
     assert parse_challenge('Digest realm="r" nonce="n"') is None  # no comma between
+
+
+# -- the digest flow starts only when a call's request is challenged -----------------------
+PEER = ("127.0.0.1", 5099)
+ACC = Account("1000", "sip.test", "secret1000")
+
+
+def _challenge(status: int, nonce: str, stale: bool = False) -> str:
+    name = "WWW-Authenticate" if status == 401 else "Proxy-Authenticate"
+    flag = ", stale=true" if stale else ""
+    return f'{name}: Digest realm="sip.test", nonce="{nonce}", qop="auth"{flag}\r\n'
+
+
+def _sent(stack: SipStack) -> list[bytes]:
+    return [data for data, _ in stack.messages_to_send()]
+
+
+def _answered_call(stack: SipStack) -> tuple[Call, bytes]:
+    call = stack.invite("ep", ACC, "sip:2000@127.0.0.1:5099", b"v=0\r\n", 0.0)
+    (invite,) = _sent(stack)
+    ok = reply(invite, 200, "OK", to_tag="b", extra="Contact: <sip:2000@127.0.0.1:5099>\r\n")
+    stack.receive_message(ok, PEER, 0.1)
+    assert header(_sent(stack)[0], "CSeq") == "1 ACK"
+    assert [type(e) for e in stack.events_received()] == [CallAnswered]
+    return call, invite
+
+
+def test_challenged_bye_is_answered_with_the_next_cseq() -> None:
+    stack = make_stack(5070, "a")
+    call, _ = _answered_call(stack)
+    stack.bye(call, 1.0)
+    (bye,) = _sent(stack)
+    assert header(bye, "CSeq") == "2 BYE"
+    stack.receive_message(reply(bye, 401, "U", extra=_challenge(401, "n1")), PEER, 1.1)
+    (retry,) = _sent(stack)
+    assert header(retry, "CSeq") == "3 BYE" and "Authorization" in retry.decode()
+    assert header(retry, "Call-ID") == header(bye, "Call-ID")
+    stack.receive_message(reply(retry, 200, "OK"), PEER, 1.2)
+    (ended,) = stack.events_received()
+    assert isinstance(ended, CallEnded) and ended.by == "local"
+
+
+def test_bye_refused_without_challenge_is_not_retried() -> None:
+    stack = make_stack(5070, "a")
+    call, _ = _answered_call(stack)
+    stack.bye(call, 1.0)
+    (bye,) = _sent(stack)
+    stack.receive_message(reply(bye, 403, "Forbidden"), PEER, 1.1)
+    assert _sent(stack) == []
+    (failed,) = stack.events_received()
+    assert isinstance(failed, CallTeardownFailed) and failed.code == 403
+
+
+@pytest.mark.parametrize(("stale", "retried"), [(False, False), (True, True)])
+def test_second_invite_challenge_only_answered_when_stale(stale: bool, retried: bool) -> None:
+    stack = make_stack(5070, "a")
+    stack.invite("ep", ACC, "sip:2000@127.0.0.1:5099", b"v=0\r\n", 0.0)
+    (invite,) = _sent(stack)
+    stack.receive_message(reply(invite, 407, "P", to_tag="p", extra=_challenge(407, "n1")), PEER, 0)
+    _ack, second = _sent(stack)
+    assert header(second, "CSeq") == "2 INVITE" and "Proxy-Authorization" in second.decode()
+    again = reply(second, 407, "P", to_tag="p", extra=_challenge(407, "n2", stale))
+    stack.receive_message(again, PEER, 0.1)
+    sent = _sent(stack)
+    assert header(sent[0], "CSeq") == "2 ACK"
+    if retried:
+        assert header(sent[1], "CSeq") == "3 INVITE" and 'nonce="n2"' in sent[1].decode()
+        assert stack.events_received() == []
+    else:
+        assert len(sent) == 1
+        (failed,) = stack.events_received()
+        assert isinstance(failed, CallFailed) and failed.code == 407

@@ -16,7 +16,7 @@ from sipswarm.sip.digest import DigestCache, digest_flow
 from sipswarm.sip.events import Event, Owner, TraceRecord
 from sipswarm.sip.message import SipMessage, build_response
 from sipswarm.sip.timers import Timers
-from sipswarm.sip.transaction import ClientTransaction, ClientUser, ServerTransaction
+from sipswarm.sip.transaction import ClientTransaction, ClientUser, ServerTransaction, TxnState
 
 if TYPE_CHECKING:
     from sipswarm.sip.call import Call
@@ -98,7 +98,7 @@ class Core:
         branch = branch or self.ids.branch()
         data = spec.render(self.config, branch, auth)
         txn = ClientTransaction(self, tu, spec, branch, data, owner, now)
-        if txn.state.value != "terminated":
+        if txn.state is not TxnState.TERMINATED:
             self.client_txns[txn.key] = txn
         return txn
 
@@ -168,9 +168,14 @@ class Authenticator:
     ``first`` is (spec, credentials line) of the first attempt; after each
     401/407, :meth:`retry` returns the next attempt (CSeq + 1) or None when the
     challenge cannot or may no longer be answered.
+
+    Without a :class:`~sipswarm.sip.digest.DigestCache` the first attempt carries
+    no credentials, so the flow is only started when a 401/407 comes back (most
+    requests, e.g. a BYE through a proxy that challenges INVITEs, never see one):
+    it then replays that first attempt unchanged and answers the challenge.
     """
 
-    __slots__ = ("_flow", "_sent", "first", "spec")
+    __slots__ = ("_account", "_core", "_flow", "_lazy", "_sent", "first", "spec")
 
     def __init__(
         self,
@@ -180,15 +185,24 @@ class Authenticator:
         cache: DigestCache | None = None,
     ) -> None:
         self.spec = spec
+        self._core = core
+        self._account = account
         self._sent = False
         self._flow: Generator[tuple[RequestSpec, str], SipMessage, SipMessage] | None = None
-        if account is None:
+        self._lazy = account is not None and cache is None
+        if account is None or cache is None:
             self.first = (spec, "")
             return
-        self._flow = digest_flow(
-            account, core.ids.cnonce, self._render, spec.method, spec.ruri, cache
-        )
+        self._flow = self._start(account, cache)
         self.first = next(self._flow)
+
+    def _start(
+        self, account: Account, cache: DigestCache | None
+    ) -> Generator[tuple[RequestSpec, str], SipMessage, SipMessage]:
+        spec = self.spec
+        return digest_flow(
+            account, self._core.ids.cnonce, self._render, spec.method, spec.ruri, cache
+        )
 
     def _render(self, name: str | None, value: str | None) -> tuple[RequestSpec, str]:
         if self._sent:
@@ -198,6 +212,12 @@ class Authenticator:
 
     def retry(self, response: SipMessage) -> tuple[RequestSpec, str] | None:
         """Next attempt answering the challenge in ``response``, or None."""
+        if self._lazy:
+            self._lazy = False
+            if response.status not in (401, 407) or self._account is None:
+                return None  # what the flow would answer: nothing to retry
+            self._flow = self._start(self._account, None)
+            next(self._flow)  # the first attempt, already sent: same spec, no credentials
         if self._flow is None:
             return None
         try:

@@ -361,8 +361,10 @@ class SipStack:
             core.emit(MessageDropped(f"internal error on input: {exc!r}", remote))
 
     def _receive(self, data: bytes, remote: Address, now: float) -> None:
-        if not data.strip(b"\r\n"):
-            self._core.count("keepalives")  # RFC 5626 4.4.1 CRLF keepalive
+        # RFC 5626 4.4.1 CRLF keepalive (only CR/LF). A message starts with a letter:
+        # the copy that strip makes is only paid when the first byte is CR or LF.
+        if data[:1] in b"\r\n" and not data.strip(b"\r\n"):
+            self._core.count("keepalives")
             return
         msg = parse_message(data)
         if isinstance(msg, ParseFailure):
