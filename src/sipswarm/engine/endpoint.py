@@ -11,7 +11,8 @@ endpoint: thousands of endpoints spend nearly all their life waiting for a
 message or a deadline, and an object costs a few hundred bytes where a
 suspended coroutine with its frames and futures costs kilobytes and a task
 switch per event. The only coroutines are the short set-up steps that must
-await (DNS, binding sockets): :meth:`_start` and :meth:`_open_media`.
+await (DNS, binding sockets), and only when they must:
+:mod:`sipswarm.engine.setup` and :meth:`_place_call`.
 
 Life (PROTOCOL.md phases, forward only, :data:`~.outcomes.PHASE_TRANSITIONS`)::
 
@@ -46,10 +47,10 @@ import asyncio
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 from sipswarm.agent.assignment import CallSpec, EndpointSpec
-from sipswarm.engine import actions, receiver, registration
+from sipswarm.engine import actions, receiver, registration, setup
 from sipswarm.engine.actions import CallActions
 from sipswarm.engine.call_media import CallMedia
 from sipswarm.engine.host import EndpointHost
@@ -67,9 +68,7 @@ from sipswarm.engine.sip_runtime import SipRuntime
 from sipswarm.engine.trace_buffer import FailureTrace
 from sipswarm.engine.transport import TransportError
 from sipswarm.errors import (
-    InvalidState,
     NegotiationError,
-    ResolutionError,
     ResourceError,
     SipswarmError,
 )
@@ -102,8 +101,6 @@ from sipswarm.sip.events import (
     Unregistered,
 )
 from sipswarm.sip.stack import SipStack
-
-T = TypeVar("T")
 
 __all__ = ["DEFAULT_CALL", "DEFAULT_IDLE_TIMEOUT_S", "Endpoint", "EndpointHost"]
 
@@ -227,123 +224,12 @@ class Endpoint:
             entry.update(media)
         return entry
 
-    # -- start ------------------------------------------------------------------------
+    # -- start (the set-up steps are in sipswarm.engine.setup) -------------------------
     def start(self, now: float) -> None:
-        """Go INITIALIZING and begin (resolve, bind, register or listen).
-
-        The common case needs no await: an IP-literal server (or localhost)
-        and a shared SIP runtime already open make the whole set-up, up to the
-        REGISTER, the listening contact or the INVITE, happen in this call. A
-        DNS name, an own socket or the first runtime of a transport take a
-        short task (:meth:`_start`) instead.
-        """
+        """Go INITIALIZING and begin (resolve, bind, register or listen): in this call
+        when nothing needs awaiting, else through a short task (:func:`.setup.start`)."""
         self._go(Phase.INITIALIZING, now)
-        try:
-            target = self._resolve_now()
-            runtime = None
-            if target is not None:
-                self.target = target  # runtime_now names a WebSocket server by it
-                runtime = self.host.runtime_now(self, target.transport.lower())
-        except SipswarmError as exc:
-            return self._start_failed(exc)
-        if runtime is None:
-            self._task = self.host.spawn(self._guard(self._start(target)))
-            return
-        try:
-            self._attached(runtime, now)
-        except Exception as exc:  # as _guard does for the task: close it, count it
-            self._internal_error(exc)
-            raise
-
-    async def _start(self, target: ServerTarget | None) -> None:
-        """The awaited set-up: DNS (RFC 3263) and/or opening a socket, then :meth:`_attached`."""
-        try:
-            self.target = target or await self._resolve()
-            runtime = await self.host.runtime_for(self, self.target.transport.lower())
-        except (SipswarmError, OSError) as exc:
-            return self._start_failed(exc)
-        if self.cancelled:
-            self.host.release_runtime(self, runtime)
-            return self._closed(self.host.loop.time())
-        self._attached(runtime, self.host.loop.time())
-
-    def _start_failed(self, exc: SipswarmError | OSError) -> None:
-        """The set-up failed: the outcome says which step (server, socket, settings)."""
-        if isinstance(exc, ResolutionError):
-            register = self.spec.registrar.register
-            self._abort(Outcome.REGISTRATION_FAILED if register else Outcome.CALL_FAILED, str(exc))
-        elif isinstance(exc, ResourceError | OSError):
-            self._abort(Outcome.OSERROR, f"cannot open a SIP socket: {exc}")
-        else:
-            self._abort(Outcome.CALL_FAILED, str(exc))
-
-    def _attached(self, runtime: SipRuntime, now: float) -> None:
-        """Use ``runtime``: register (the 2xx makes it REGISTERED) or listen (REGISTERED now)."""
-        spec = self.spec
-        self.runtime = runtime
-        runtime.attach(self.key, self)
-        stack = self._stack()
-        stack.take_reinvites(self.key)  # answered by engine/actions.py (hold/resume)
-        if self.trace is not TraceMode.NONE:
-            stack.set_trace(self.key)
-        if spec.registrar.register:
-            self._with_contact_user(
-                lambda user: stack.register(
-                    self.key,
-                    self.account,
-                    None,
-                    spec.registrar.expires_s,
-                    now,
-                    destination=self.target.address if self.target else None,
-                    route=self._proxy_uri(),
-                    contact_user=user,
-                )
-            )
-            runtime.flush()
-            return
-        self._reachable(self._with_contact_user(lambda user: stack.listen(self.key, user)), now)
-
-    def _with_contact_user(self, action: Callable[[str], T]) -> T:
-        """Run ``action(contact user)``: the account name, or a unique variant when
-        another endpoint of this stack already listens on it (shared accounts)."""
-        try:
-            return action(self.account.username)
-        except InvalidState:
-            self._stack().forget(self.key)  # drop the half-made record, keep tracing
-            if self.trace is not TraceMode.NONE:
-                self._stack().set_trace(self.key)
-            return action(f"{self.account.username}-{id(self):x}")
-
-    async def _resolve(self) -> ServerTarget:
-        """The server to send to, through DNS (RFC 3263); see :meth:`_server`."""
-        resolver = self.host.resolver
-        uri, host = self._server()
-        if uri is not None:
-            return (await resolver.resolve_uri(uri))[0]
-        r = self.spec.registrar
-        return (await resolver.resolve(host, r.port, r.transport.value))[0]
-
-    def _resolve_now(self) -> ServerTarget | None:
-        """:meth:`_resolve` when no DNS is needed (an IP literal), else None."""
-        resolver = self.host.resolver
-        uri, host = self._server()
-        if uri is not None:
-            targets = resolver.resolve_uri_now(uri)
-        else:
-            r = self.spec.registrar
-            targets = resolver.resolve_now(host, r.port, r.transport.value)
-        return None if targets is None else targets[0]
-
-    def _server(self) -> tuple[str | None, str]:
-        """Where requests go: (a URI to resolve, "") for an outbound proxy or a direct
-        call (to the target's host, RFC 3263), else (None, the registrar's host)."""
-        r = self.spec.registrar
-        proxy = self._proxy_uri()
-        if proxy is not None:
-            return proxy, ""
-        if r.register or r.host:
-            return None, r.host or r.domain
-        return self.call_spec.target or f"sip:{r.domain}", ""
+        setup.start(self, now)
 
     def _proxy_uri(self) -> str | None:
         proxy = self.spec.registrar.outbound_proxy
