@@ -54,6 +54,12 @@ class Loose:
     value: int
 
 
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Named:
+    value: int
+    label: str = "x"
+
+
 class Colour(enum.Enum):
     RED = "red"
 
@@ -87,10 +93,11 @@ def test_slotted_dataclasses_load_without_walking_fields(monkeypatch: pytest.Mon
 
 
 def test_other_objects_pickle_as_pickle_does() -> None:
-    loose, checked, derived = Loose(1), Checked(7), Derived(4)
+    loose, checked, derived, named = Loose(1), Checked(7), Derived(4), Named(value=2)
     frame = ("x", Plain("a"), loose, checked, derived, Colour.RED, Colour, re.compile("a+"), 1j)
-    back = decode(encode_frame(frame))
+    back = decode(encode_frame((*frame, named)))
     assert back[:3] == ("x", Plain("a"), loose)
+    assert back[9] == named  # keyword-only fields cannot be passed positionally
     assert back[3].calls == [7]  # state restored, __post_init__ not run again
     assert (back[4].value, back[4].doubled) == (4, 8)
     assert back[5] is Colour.RED and back[6] is Colour

@@ -60,7 +60,8 @@ _DEFAULT_REDUCE: Reducer = methodcaller("__reduce_ex__", pickle.HIGHEST_PROTOCOL
 def _by_value(cls: type) -> Reducer | None:
     """``obj -> (cls, values)`` for a dataclass that ``cls(*values)`` rebuilds exactly:
     ``slots=True`` (so no attribute outside its fields), no base class, every field
-    taken by ``__init__``, no ``__post_init__``, no pickling rule of its own."""
+    taken by ``__init__`` positionally, no ``__post_init__``, no pickling rule of
+    its own."""
     if not dataclasses.is_dataclass(cls) or cls.__bases__ != (object,):
         return None
     names = tuple(f.name for f in dataclasses.fields(cls))
@@ -68,7 +69,7 @@ def _by_value(cls: type) -> Reducer | None:
     if (
         not names
         or tuple(cls.__dict__.get("__slots__", ())) != names
-        or any(not f.init for f in dataclasses.fields(cls))
+        or any(not f.init or f.kw_only for f in dataclasses.fields(cls))
         or hasattr(cls, "__post_init__")
         or "__reduce__" in cls.__dict__
         or "__reduce_ex__" in cls.__dict__
