@@ -69,6 +69,7 @@ def _by_value(cls: type) -> Reducer | None:
     if (
         not names
         or tuple(cls.__dict__.get("__slots__", ())) != names
+        or len(cls.__dataclass_fields__) != len(names)  # an InitVar or ClassVar pseudo-field
         or any(not f.init or f.kw_only for f in dataclasses.fields(cls))
         or hasattr(cls, "__post_init__")
         or "__reduce__" in cls.__dict__
