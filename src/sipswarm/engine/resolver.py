@@ -23,7 +23,7 @@ awaiting, for a host that needs no query (an IP literal, ``localhost``, an
 override to one) and returns None otherwise (then await :meth:`resolve`).
 Its answers never change, so they are remembered per argument tuple: a
 caller shard placing thousands of calls to one proxy address resolves it
-once, and each endpoint's set-up stays in one callback (engine/endpoint.py).
+once, and each endpoint's set-up stays in one callback (engine/setup.py).
 
 Every DNS answer is cached for its TTL (clamped to ``min_ttl``..``max_ttl``);
 a name that does not exist or has no record of the type is cached for
