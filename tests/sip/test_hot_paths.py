@@ -4,6 +4,8 @@ derived config strings, request rendering, memoised parses (bounded), digest par
 from __future__ import annotations
 
 import dataclasses
+import gc
+import weakref
 
 import pytest
 from sipwire import header, make_stack, reply
@@ -213,3 +215,34 @@ def test_second_invite_challenge_only_answered_when_stale(stale: bool, retried: 
         assert len(sent) == 1
         (failed,) = stack.events_received()
         assert isinstance(failed, CallFailed) and failed.code == 407
+
+
+# -- sipmessage's shared exceptions keep none of our frames --------------------------------
+BAD_VIA = (
+    "OPTIONS sip:bob@127.0.0.1:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5099;;branch=\r\n"
+    "Max-Forwards: 70\r\nFrom: <sip:carol@127.0.0.1>;tag=1\r\nTo: <sip:bob@127.0.0.1>\r\n"
+    "Call-ID: leak-1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        BAD_VIA,  # top Via falls back to sipmessage's Via parser, which fails
+        BAD_VIA.replace("5099;;branch=", "5099;branch=z9hG4bK1").replace(
+            "<sip:carol@127.0.0.1>;tag=1", "carol <sip:carol@127.0.0.1>>;tag=1"
+        ),  # From falls back to sipmessage's Address parser, which fails
+    ],
+    ids=["via", "from"],
+)
+def test_a_failed_sipmessage_parse_keeps_no_stack_alive(data: str) -> None:
+    # sipmessage raises module-level ValueError instances: the traceback of the last
+    # raise stayed on them, and with it our frames and the whole stack they held.
+    stack = make_stack(5070, "s")
+    stack.listen("bob", "bob")
+    core = weakref.ref(stack._core)
+    stack.receive_message(data.encode(), PEER, 0.0)
+    assert stack.counters["malformed"] == 1 and stack.counters["internal_errors"] == 0
+    del stack
+    gc.collect()
+    assert core() is None

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from sipmessage import Address
 
-from sipswarm.sip.fastparse import first_uri, route_set
+from sipswarm.sip.fastparse import first_uri, route_set, sipmessage_parse
 from sipswarm.sip.message import SipMessage
 from sipswarm.sip.request import RequestSpec, uri_destination
 
@@ -73,7 +73,7 @@ class Dialog:
         if routes and ";lr" not in routes[0]:
             # RFC 3261 12.2.1.1: strict router -> it becomes the Request-URI, the
             # remote target goes last in Route.
-            first = Address.parse(routes[0])
+            first = sipmessage_parse(Address.parse, routes[0])
             ruri = str(first.uri)
             routes = [*routes[1:], f"<{self.remote_target}>"]
         first_hop = routes[0] if routes and ruri == self.remote_target else ruri

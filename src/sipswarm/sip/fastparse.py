@@ -12,6 +12,8 @@ a value it rejects makes the message malformed.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from typing import TypeVar
 from urllib.parse import unquote
 
 from sipmessage import URI, Address, CSeq, Parameters, Via
@@ -25,8 +27,26 @@ __all__ = [
     "parse_tag",
     "parse_top_via",
     "route_set",
+    "sipmessage_parse",
     "strip_tag",
 ]
+
+T = TypeVar("T")
+
+
+def sipmessage_parse(parse: Callable[[str], T], value: str) -> T:
+    """``parse(value)`` with one of sipmessage's parsers; raises a fresh ValueError.
+
+    sipmessage raises module-level ValueError instances (``VIA_EXCEPTION``,
+    ``ADDRESS_EXCEPTION``...). Each raise leaves on that shared object a traceback
+    whose frames, ours included (the stack, its calls and transactions), stay alive
+    until the next failure of the same kind. The shared object is cut loose here."""
+    try:
+        return parse(value)
+    except ValueError as exc:
+        exc.__traceback__ = exc.__context__ = exc.__cause__ = None
+        raise ValueError(str(exc)) from None
+
 
 _TOKEN_CHARS = r"A-Za-z0-9\-.!%*_+`'~"
 _VIA = re.compile(
@@ -123,7 +143,7 @@ def parse_top_via(values: list[str]) -> TopVia:
     if m is not None:
         transport, host, port, raw = m.groups()
         return TopVia(transport, host, int(port) if port else None, None, raw)
-    vias = Via.parse_many(_LIST_COMMA.sub(", ", values[0]))
+    vias = sipmessage_parse(Via.parse_many, _LIST_COMMA.sub(", ", values[0]))
     top = vias[0]
     return TopVia(top.transport, top.host, top.port, dict(top.parameters))
 
@@ -156,7 +176,7 @@ def _parse_tag(value: str) -> str | None:
     if m is not None:
         tag = _TAG.search(m.group(2))
         return tag.group(1) if tag else None
-    return Address.parse(value).parameters.get("tag")
+    return sipmessage_parse(Address.parse, value).parameters.get("tag")
 
 
 def parse_cseq(value: str) -> tuple[int, str]:
@@ -174,7 +194,7 @@ def _parse_cseq(value: str) -> tuple[int, str]:
     m = _CSEQ.match(value)
     if m is not None:
         return int(m.group(1)), m.group(2)
-    cseq = CSeq.parse(value)
+    cseq = sipmessage_parse(CSeq.parse, value)
     return cseq.sequence, cseq.method
 
 
@@ -195,7 +215,7 @@ def _parse_ruri(uri: str) -> tuple[str, str | None]:
     if m is not None:
         user = m.group(2)
         return m.group(1), unquote(user) if user and "%" in user else user
-    parsed = URI.parse(uri)
+    parsed = sipmessage_parse(URI.parse, uri)
     return parsed.scheme, parsed.user
 
 
@@ -204,7 +224,7 @@ def first_uri(value: str) -> str | None:
     m = _ADDR.match(value)
     if m is not None:
         return m.group(1)
-    addresses = Address.parse_many(_LIST_COMMA.sub(", ", value))
+    addresses = sipmessage_parse(Address.parse_many, _LIST_COMMA.sub(", ", value))
     return str(addresses[0].uri) if addresses else None
 
 
@@ -227,7 +247,8 @@ def _route_set(values: list[str]) -> list[str]:
     out: list[str] = []
     for value in values:
         if value.strip() != "*":
-            out.extend(str(a) for a in Address.parse_many(_LIST_COMMA.sub(", ", value)))
+            parsed = sipmessage_parse(Address.parse_many, _LIST_COMMA.sub(", ", value))
+            out.extend(str(a) for a in parsed)
     return out
 
 
@@ -257,7 +278,7 @@ def _parse_host_port(uri: str) -> tuple[str, str, int | None, dict[str, str]]:
             params[key.lower()] = val
         port = m.group(3)
         return m.group(1), m.group(2), int(port) if port else None, params
-    parsed = URI.parse(uri)
+    parsed = sipmessage_parse(URI.parse, uri)
     extra = {k.lower(): v or "" for k, v in parsed.parameters.items()}
     return parsed.scheme, parsed.host, parsed.port, extra
 
@@ -266,6 +287,6 @@ def strip_tag(value: str) -> str:
     """A From/To value without its tag, for a dialog's local/remote URI. Raises ValueError."""
     if _ADDR.match(value) is not None:
         return _TAG.sub("", value).strip()
-    address = Address.parse(value)
+    address = sipmessage_parse(Address.parse, value)
     params = {k: v for k, v in address.parameters.items() if k != "tag"}
     return str(Address(address.uri, address.name, Parameters(**params)))

@@ -31,7 +31,14 @@ from dataclasses import dataclass, field
 
 from sipmessage import Address
 
-from sipswarm.sip.fastparse import TopVia, parse_cseq, parse_ruri, parse_tag, parse_top_via
+from sipswarm.sip.fastparse import (
+    TopVia,
+    parse_cseq,
+    parse_ruri,
+    parse_tag,
+    parse_top_via,
+    sipmessage_parse,
+)
 from sipswarm.sip.framing import MAX_MESSAGE_SIZE
 
 __all__ = [
@@ -129,11 +136,11 @@ class SipMessage:
 
     def from_address(self) -> Address:
         """From, fully parsed. Raises ValueError on bad syntax."""
-        return Address.parse(self.headers["from"][0])
+        return sipmessage_parse(Address.parse, self.headers["from"][0])
 
     def to_address(self) -> Address:
         """To, fully parsed. Raises ValueError on bad syntax."""
-        return Address.parse(self.headers["to"][0])
+        return sipmessage_parse(Address.parse, self.headers["to"][0])
 
     def header(self, name: str) -> str | None:
         """First raw value of header ``name`` (lower-case full name), or None."""
@@ -153,7 +160,7 @@ class SipMessage:
         for value in self.headers.get(name, ()):
             if value.strip() == "*":
                 continue
-            result.extend(Address.parse_many(_LIST_COMMA.sub(", ", value)))
+            result.extend(sipmessage_parse(Address.parse_many, _LIST_COMMA.sub(", ", value)))
         return result
 
 

@@ -52,7 +52,7 @@ from sipswarm.sip.call import Call, CallState
 from sipswarm.sip.config import Account, StackConfig
 from sipswarm.sip.core import Core, Endpoint
 from sipswarm.sip.events import Event, IncomingCall, MessageDropped, Owner, TraceRecord
-from sipswarm.sip.fastparse import parse_host_port
+from sipswarm.sip.fastparse import parse_host_port, sipmessage_parse
 from sipswarm.sip.ids import BRANCH_MAGIC, IdFactory
 from sipswarm.sip.message import (
     ParseFailure,
@@ -579,7 +579,7 @@ def _loose_route(uri: str) -> str:
     """Preloaded Route for an outbound proxy (RFC 3261 8.1.2), loose routing."""
     text = uri.strip().strip("<>")
     try:
-        URI.parse(text)
+        sipmessage_parse(URI.parse, text)
     except ValueError as exc:
         raise ConfigError(f"registrar.outbound_proxy {uri!r} is not a SIP URI") from exc
     return f"<{text}>" if ";lr" in text else f"<{text};lr>"
