@@ -42,6 +42,7 @@ from sipswarm.errors import ConfigError, InvalidState, NegotiationError
 from sipswarm.media.codecs import Codec
 from sipswarm.media.sdes import ANSWER_SUITES, OFFER_SUITES, negotiated_keys, offer_crypto
 from sipswarm.media.sdp import LocalMedia, NegotiatedMedia, SessionDescription, build_offer
+from sipswarm.memo import remember
 
 #: ``media.srtp`` values this engine runs (``dtls`` needs a DTLS handshake and ICE).
 SRTP_MODES = ("off", "sdes")
@@ -189,9 +190,8 @@ class CallMedia:
             # RFC 4566 5.2: o=<username> <sess-id> <sess-version> ...; no spaces in a name
             name_end = body.index(b" ", body.index(b"\r\no=") + 4)
             id_end = body.index(b" ", name_end + 1)
-            if len(_OFFERS) >= OFFER_CACHE_SIZE:
-                _OFFERS.clear()
-            known = _OFFERS[key] = (sdp, body[: name_end + 1], body[id_end:])
+            parts = (sdp, body[: name_end + 1], body[id_end:])
+            known = remember(_OFFERS, key, parts, OFFER_CACHE_SIZE)
         sdp, head, tail = known
         return sdp, b"%s%d%s" % (head, session_id, tail)
 

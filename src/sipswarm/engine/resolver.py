@@ -47,6 +47,7 @@ from sipmessage import URI
 
 from sipswarm.engine.transport import Address
 from sipswarm.errors import ConfigError, ResolutionError
+from sipswarm.memo import remember
 
 __all__ = ["DEFAULT_PORTS", "ResolverSettings", "ServerTarget", "SipResolver"]
 
@@ -165,9 +166,7 @@ class SipResolver:
             target = self._literal_memo[key]
         except KeyError:
             target = self._literal_target(*self._normalise(host, port, transport, secure))
-            if len(self._literal_memo) >= _MEMO_SIZE:
-                self._literal_memo.clear()
-            self._literal_memo[key] = target
+            remember(self._literal_memo, key, target, _MEMO_SIZE)
         return None if target is None else [target]
 
     async def resolve(
@@ -213,10 +212,7 @@ class SipResolver:
         host = params.get("maddr") or parsed.host
         transport = (params.get("transport") or "auto").upper()
         parts = (host, parsed.port, transport, parsed.scheme == "sips")
-        if len(self._uri_memo) >= _MEMO_SIZE:
-            self._uri_memo.clear()
-        self._uri_memo[uri] = parts
-        return parts
+        return remember(self._uri_memo, uri, parts, _MEMO_SIZE)
 
     def _normalise(
         self, host: str, port: int | None, transport: str, secure: bool

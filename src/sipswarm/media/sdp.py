@@ -33,7 +33,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from sipswarm.errors import NegotiationError
 from sipswarm.media.codecs import CODECS, TELEPHONE_EVENT, Codec
@@ -49,6 +48,7 @@ from sipswarm.media.sdp_syntax import (
     SessionDescription,
     parse_sdp,
 )
+from sipswarm.memo import remember
 
 __all__ = [
     "DIRECTIONS",
@@ -506,12 +506,6 @@ def _origin_split(body: bytes) -> tuple[bytes, bytes, bytes]:
     return body[: start + 1], body[start + 1 : line_end], body[line_end:]
 
 
-def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
-    if len(cache) >= CACHE_SIZE:
-        cache.clear()
-    cache[key] = value
-
-
 def apply_answer_body(
     offer: SessionDescription, offer_body: bytes, answer_body: bytes
 ) -> NegotiatedMedia:
@@ -525,7 +519,7 @@ def apply_answer_body(
     media = _APPLIED.get(key)
     if media is None:
         media = apply_answer(offer, parse_sdp(answer_body))
-        _remember(_APPLIED, key, media)
+        remember(_APPLIED, key, media, CACHE_SIZE)
     return media
 
 
@@ -545,7 +539,7 @@ def answer_body(
     if hit is None:
         body, media = _full_answer(offer_body, local, session_id)
         before, origin, after = _origin_split(body)
-        _remember(_ANSWERS, key, (before, origin.decode().split(" "), after, media))
+        remember(_ANSWERS, key, (before, origin.decode().split(" "), after, media), CACHE_SIZE)
         return body, media
     before, fields, after, media = hit
     origin = " ".join([fields[0], str(session_id), *fields[2:]]).encode()

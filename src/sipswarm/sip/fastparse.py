@@ -18,6 +18,8 @@ from urllib.parse import unquote
 
 from sipmessage import URI, Address, CSeq, Parameters, Via
 
+from sipswarm.memo import remember
+
 __all__ = [
     "TopVia",
     "first_uri",
@@ -164,11 +166,7 @@ def parse_tag(value: str) -> str | None:
     tag = _TAGS.get(value, _MISS)
     if tag is not _MISS:
         return tag  # type: ignore[return-value]
-    tag = _parse_tag(value)
-    if len(_TAGS) >= MEMO_SIZE:
-        _TAGS.clear()
-    _TAGS[value] = tag
-    return tag
+    return remember(_TAGS, value, _parse_tag(value), MEMO_SIZE)
 
 
 def _parse_tag(value: str) -> str | None:
@@ -183,10 +181,7 @@ def parse_cseq(value: str) -> tuple[int, str]:
     """(number, method). Raises ValueError on bad syntax. Memoised."""
     parsed = _CSEQS.get(value)
     if parsed is None:
-        parsed = _parse_cseq(value)
-        if len(_CSEQS) >= MEMO_SIZE:
-            _CSEQS.clear()
-        _CSEQS[value] = parsed
+        parsed = remember(_CSEQS, value, _parse_cseq(value), MEMO_SIZE)
     return parsed
 
 
@@ -203,10 +198,7 @@ def parse_ruri(uri: str) -> tuple[str, str | None]:
     Memoised: a dialog's requests share their Request-URI."""
     parsed = _RURIS.get(uri)
     if parsed is None:
-        parsed = _parse_ruri(uri)
-        if len(_RURIS) >= MEMO_SIZE:
-            _RURIS.clear()
-        _RURIS[uri] = parsed
+        parsed = remember(_RURIS, uri, _parse_ruri(uri), MEMO_SIZE)
     return parsed
 
 
@@ -262,10 +254,7 @@ def parse_host_port(uri: str) -> tuple[str, str, int | None, dict[str, str]]:
     ``params`` dict returned is shared, read it only."""
     parsed = _HOST_PORTS.get(uri)
     if parsed is None:
-        parsed = _parse_host_port(uri)
-        if len(_HOST_PORTS) >= MEMO_SIZE:
-            _HOST_PORTS.clear()
-        _HOST_PORTS[uri] = parsed
+        parsed = remember(_HOST_PORTS, uri, _parse_host_port(uri), MEMO_SIZE)
     return parsed
 
 
